@@ -1,0 +1,327 @@
+"""Tensor decoding and encoding as the real manager does it (contract §4.3, §6.4, §8, §9).
+
+This module belongs to the reference *server*. It deliberately shares nothing with the client's
+carriers: the point of the reference manager is to catch the client's mistakes, which it cannot
+do if both sides run the same conversion code.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import os
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ._errors import TritonError
+
+# Triton API datatype -> numpy dtype (infer.py:39-52); BYTES is an object array of bytes.
+NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(np.object_),
+}
+
+# The 413 estimate's bytes per element (base.py:136-203); unknown datatypes count 4.
+ESTIMATE_BYTES_PER_ELEMENT: dict[str, int] = {
+    "BOOL": 1,
+    "INT8": 1,
+    "UINT8": 1,
+    "INT16": 2,
+    "UINT16": 2,
+    "FP16": 2,
+    "INT32": 4,
+    "UINT32": 4,
+    "FP32": 4,
+    "INT64": 8,
+    "UINT64": 8,
+    "FP64": 8,
+    "BYTES": 8,
+}
+
+SHM_REFERENCE_KEYS = ("name", "shm_key", "offset", "byte_size", "shape", "dtype")
+
+
+def canonical_datatype(name: str) -> str:
+    """Accept the Triton API spelling or the config.pbtxt `TYPE_*` spelling."""
+    if name.startswith("TYPE_"):
+        name = name[5:]
+        if name == "STRING":
+            return "BYTES"
+    return name
+
+
+def datatype_of(array: npt.NDArray[Any]) -> str:
+    """The Triton datatype of a numpy array (object/bytes/str arrays are BYTES)."""
+    if array.dtype.kind in "OSU":
+        return "BYTES"
+    for name, dtype in NUMPY_DTYPES.items():
+        if dtype == array.dtype:
+            return name
+    raise TritonError("TRITON_INFERENCE_FAILED", "unknown", f"unsupported dtype {array.dtype}")
+
+
+def normalise_dims(dims: Any) -> list[int]:
+    """`dims`/`shape` may be an int (-> [n]) or a list of ints (infer.py:157-158)."""
+    if isinstance(dims, int) and not isinstance(dims, bool):
+        return [dims]
+    if isinstance(dims, list) and all(isinstance(d, int) for d in dims):
+        return list(dims)
+    raise TritonError("TRITON_INFERENCE_FAILED", "unknown", f"invalid dims {dims!r}")
+
+
+def to_manager_form(item: Any) -> Any:
+    """SDK form `{name, shape, datatype, data}` -> manager form `{name, dims, type, value}`.
+
+    Anything else (manager form, SHM references, partial dicts) passes through unchanged, as in
+    base.py:26-63; partial dicts then fail later with an opaque `'dims'` reason.
+    """
+    if isinstance(item, dict) and all(k in item for k in ("name", "shape", "datatype", "data")):
+        return {
+            "name": item["name"],
+            "dims": item["shape"],
+            "type": item["datatype"],
+            "value": item["data"],
+        }
+    return item
+
+
+def is_shm_reference(item: Any) -> bool:
+    """An input is an SHMReference only when it carries all six keys (http.py:148-166)."""
+    return isinstance(item, dict) and all(k in item for k in SHM_REFERENCE_KEYS)
+
+
+def estimate_request_bytes(inputs: list[Any]) -> int:
+    """The manager's payload estimate: numel(dims) x bytes per element; SHM counts byte_size."""
+    total = 0
+    for raw in inputs:
+        if is_shm_reference(raw):
+            byte_size = raw.get("byte_size")
+            total += byte_size if isinstance(byte_size, int) else 0
+            continue
+        item = to_manager_form(raw)
+        if not isinstance(item, dict):
+            continue
+        dims = item.get("dims", item.get("shape"))
+        try:
+            numel = math.prod(normalise_dims(dims))
+        except TritonError:
+            numel = 0
+        datatype = item.get("type", item.get("datatype"))
+        per = ESTIMATE_BYTES_PER_ELEMENT.get(
+            canonical_datatype(datatype) if isinstance(datatype, str) else "", 4
+        )
+        total += numel * per
+    return total
+
+
+def decode_json_input(item: dict[str, Any], model: str) -> tuple[str, npt.NDArray[Any]]:
+    """Turn one manager-form input into a numpy array (infer.py:77-125)."""
+    # Missing keys surface as the opaque KeyError text the real manager produces.
+    try:
+        name = item["name"]
+        dims = item["dims"]
+        datatype = canonical_datatype(str(item["type"]))
+        value = item["value"]
+    except KeyError as exc:
+        raise TritonError("TRITON_INFERENCE_FAILED", model, str(exc)) from None
+    shape = normalise_dims(dims)
+    if datatype == "BF16":
+        raise TritonError(
+            "TRITON_INFERENCE_FAILED",
+            model,
+            "got unexpected datatype float64 from numpy array, expected BF16",
+        )
+    dtype = NUMPY_DTYPES.get(datatype)
+    if dtype is None:
+        raise TritonError("TRITON_INFERENCE_FAILED", model, f"unsupported datatype '{datatype}'")
+    if not isinstance(value, list):
+        value = [value]  # a scalar becomes a 1-element vector
+    try:
+        if datatype == "BYTES":
+            array = np.array(_encode_strings(value), dtype=np.object_)
+        else:
+            array = np.array(value, dtype=dtype)
+    except (ValueError, TypeError, OverflowError):
+        raise TritonError(
+            "TRITON_SHAPE_MISMATCH",
+            "unknown",
+            f"input '{name}': value does not match dims {shape} and datatype {datatype}",
+        ) from None
+    if list(array.shape) != shape:
+        raise TritonError(
+            "TRITON_SHAPE_MISMATCH",
+            "unknown",
+            f"input '{name}': value has shape {list(array.shape)} but dims are {shape}",
+        )
+    return str(name), array
+
+
+def _encode_strings(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_encode_strings(v) for v in value]
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytes):
+        return value
+    raise ValueError("BYTES elements must be strings")
+
+
+@dataclass(frozen=True)
+class ShmReference:
+    """A validated SHMReference input (orch.py:343-369)."""
+
+    name: str
+    key: str
+    offset: int
+    byte_size: int
+    shape: list[int]
+    datatype: str
+
+    @classmethod
+    def parse(cls, item: Mapping[str, Any], model: str) -> ShmReference:
+        name, key, offset = item["name"], item["shm_key"], item["offset"]
+        byte_size, shape, dtype = item["byte_size"], item["shape"], item["dtype"]
+        problems = []
+        if not isinstance(name, str) or not name:
+            problems.append("name must be a non-empty string")
+        if not isinstance(key, str) or not key:
+            problems.append("shm_key must be a non-empty string")
+        if not isinstance(dtype, str) or not dtype:
+            problems.append("dtype must be a non-empty string")
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            problems.append("offset must be an integer >= 0")
+        if not isinstance(byte_size, int) or isinstance(byte_size, bool) or byte_size <= 0:
+            problems.append("byte_size must be an integer > 0")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            problems.append("shape must be a list of integers >= 0")
+        if problems:
+            raise TritonError(
+                "TRITON_SHM_UNAVAILABLE", model, "invalid SHM reference: " + "; ".join(problems)
+            )
+        return cls(name, key, offset, byte_size, list(shape), canonical_datatype(dtype))
+
+    @property
+    def path(self) -> str:
+        return os.path.join("/dev/shm", self.key.lstrip("/"))
+
+
+def read_shm_input(ref: ShmReference, model: str) -> npt.NDArray[Any]:
+    """Read an input the way Triton reads a registered system-shared-memory region."""
+    try:
+        fd = os.open(ref.path, os.O_RDONLY)
+    except OSError as exc:
+        raise TritonError(
+            "TRITON_SHM_UNAVAILABLE",
+            model,
+            f"shared memory key '{ref.key}' is not accessible under /dev/shm: {exc.strerror}",
+        ) from None
+    try:
+        size = os.fstat(fd).st_size
+        if size < ref.byte_size:
+            raise TritonError(
+                "TRITON_SHM_REGISTRATION_FAILED",
+                model,
+                f"[400] shared memory region '{ref.key}' is {size} bytes, byte_size is "
+                f"{ref.byte_size}",
+            )
+        with mmap.mmap(fd, ref.byte_size, prot=mmap.PROT_READ) as region:
+            return _array_from_region(region, ref, model)
+    finally:
+        os.close(fd)
+
+
+def _array_from_region(region: mmap.mmap, ref: ShmReference, model: str) -> npt.NDArray[Any]:
+    numel = math.prod(ref.shape)
+    if ref.datatype == "BYTES":
+        # Triton's serialised BYTES layout: a 4-byte little-endian length before each element.
+        elements: list[bytes] = []
+        pos = 0
+        for _ in range(numel):
+            if pos + 4 > ref.byte_size:
+                break
+            (length,) = struct.unpack_from("<I", region, pos)
+            elements.append(bytes(region[pos + 4 : pos + 4 + length]))
+            pos += 4 + length
+        if len(elements) != numel:
+            raise TritonError(
+                "TRITON_INFERENCE_FAILED",
+                model,
+                f"[400] unexpected shared memory region size for input '{ref.name}'",
+            )
+        strings: npt.NDArray[Any] = np.array(elements, dtype=np.object_)
+        return strings.reshape(ref.shape)
+    dtype = NUMPY_DTYPES.get(ref.datatype)
+    if dtype is None:
+        raise TritonError(
+            "TRITON_INFERENCE_FAILED", model, f"unsupported datatype '{ref.datatype}'"
+        )
+    needed = numel * dtype.itemsize
+    if needed > ref.byte_size:
+        raise TritonError(
+            "TRITON_INFERENCE_FAILED",
+            model,
+            f"[400] input byte size mismatch for input '{ref.name}' for model '{model}'. "
+            f"Expected {needed}, got {ref.byte_size}",
+        )
+    # Copy out of the mapping: the region may be unlinked the moment the reply is sent.
+    flat: npt.NDArray[Any] = np.frombuffer(region, dtype=dtype, count=numel)
+    array: npt.NDArray[Any] = flat.reshape(ref.shape).copy()
+    return array
+
+
+def encode_output(array: npt.NDArray[Any]) -> Any:
+    """An output tensor as the manager re-encodes it (infer.py:175-199).
+
+    Numeric and BOOL outputs stay numpy arrays: orjson writes them as nested lists, NaN/Inf as
+    null. FP16 becomes FP32. BYTES are flattened to UTF-8 strings, a one-element BYTES tensor
+    becomes a bare string; a 0-d numeric tensor becomes a bare number.
+    """
+    if array.dtype.kind in "OSU":
+        flat = [_as_text(v) for v in array.reshape(-1).tolist()]
+        return flat[0] if len(flat) == 1 else flat
+    if array.dtype == np.float16:
+        array = array.astype(np.float32)
+    if array.ndim == 0:
+        scalar = array.item()
+        if isinstance(scalar, float) and not math.isfinite(scalar):
+            return None
+        return scalar
+    return np.ascontiguousarray(array)
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+__all__ = [
+    "NUMPY_DTYPES",
+    "ShmReference",
+    "canonical_datatype",
+    "datatype_of",
+    "decode_json_input",
+    "encode_output",
+    "estimate_request_bytes",
+    "is_shm_reference",
+    "read_shm_input",
+    "to_manager_form",
+]
