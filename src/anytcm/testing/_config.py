@@ -39,6 +39,8 @@ class ServerConfig:
     faults: list[tuple[str, str]] = field(default_factory=list)
     exit_with_parent: int | None = None
     log_level: str = "WARNING"
+    certfile: str | None = None
+    keyfile: str | None = None
 
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +72,8 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     add("--fault", action="append", default=[], metavar="KEY=VALUE", help="a fault switch")
     add("--exit-with-parent", type=int, default=None, help=argparse.SUPPRESS)
     add("--log-level", default="WARNING", help="logging level (default WARNING)")
+    add("--certfile", default=None, help="serve TLS (wss://, https://) with this certificate chain")
+    add("--keyfile", default=None, help="private key for --certfile")
 
 
 def _per_type(values: Sequence[str], defaults: dict[str, int], option: str) -> dict[str, int]:
@@ -110,4 +114,6 @@ def config_from_arguments(args: argparse.Namespace) -> ServerConfig:
         faults=faults,
         exit_with_parent=args.exit_with_parent,
         log_level=args.log_level,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
     )

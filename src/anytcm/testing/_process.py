@@ -10,6 +10,7 @@ import collections
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ from typing import Any
 
 import httpx
 
-_LISTENING = re.compile(r"listening on ws://(?P<host>[^:]+):(?P<port>\d+)/ws")
+_LISTENING = re.compile(r"listening on wss?://(?P<host>[^:]+):(?P<port>\d+)/ws")
 
 
 class ReferenceManagerError(RuntimeError):
@@ -43,6 +44,8 @@ class ReferenceManager:
         extra_args: Sequence[str] = (),
         faults: dict[str, Any] | None = None,
         startup_timeout: float = 30.0,
+        tls: tuple[str, str] | None = None,
+        ca_file: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -50,6 +53,8 @@ class ReferenceManager:
         self.extra_args = list(extra_args)
         self.initial_faults = dict(faults or {})
         self.startup_timeout = startup_timeout
+        self.tls = tls  # (certfile, keyfile): serve wss:// and https://
+        self.ca_file = ca_file  # trusted by this helper's own HTTP calls when tls is set
         self._process: subprocess.Popen[str] | None = None
         self._output: collections.deque[str] = collections.deque(maxlen=200)
         self._port_found = threading.Event()
@@ -58,11 +63,11 @@ class ReferenceManager:
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{self.host}:{self.port}/ws"
+        return f"{'wss' if self.tls else 'ws'}://{self.host}:{self.port}/ws"
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -91,6 +96,8 @@ class ReferenceManager:
         ]  # fmt: skip
         if self.token is not None:
             command += ["--token", self.token]
+        if self.tls is not None:
+            command += ["--certfile", self.tls[0], "--keyfile", self.tls[1]]
         for key, value in self.initial_faults.items():
             command += ["--fault", f"{key}={value}"]
         self._port_found.clear()
@@ -130,7 +137,7 @@ class ReferenceManager:
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Poll `/ready` until it answers 200."""
         deadline = time.monotonic() + timeout
-        with httpx.Client(timeout=2.0) as http:
+        with httpx.Client(timeout=2.0, verify=self._verify()) as http:
             while True:
                 if not self.running:
                     raise ReferenceManagerError(f"the reference manager exited:\n{self.output()}")
@@ -210,11 +217,18 @@ class ReferenceManager:
     # -- admin endpoint ---------------------------------------------------------------------------
 
     def _admin(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
-        response = httpx.get(f"{self.http_url}/_admin/{path}", params=params, timeout=5.0)
+        response = httpx.get(
+            f"{self.http_url}/_admin/{path}", params=params, timeout=5.0, verify=self._verify()
+        )
         if response.status_code != 200:
             raise ReferenceManagerError(f"/_admin/{path}: {response.status_code} {response.text}")
         result: dict[str, Any] = response.json()
         return result
+
+    def _verify(self) -> ssl.SSLContext | bool:
+        if self.tls is None or self.ca_file is None:
+            return True
+        return ssl.create_default_context(cafile=self.ca_file)
 
     def set_faults(self, **switches: Any) -> dict[str, Any]:
         """Set fault switches at run time (keys as in docs/reference-manager.md)."""

@@ -114,14 +114,30 @@ class Registry:
         self.vms[vm_id] = vm_ip
         return [vm_ip, vm_id]
 
-    def _create_container(self, payload: dict[str, Any]) -> str:
+    def _create_container(self, payload: dict[str, Any]) -> list[Any]:
+        """A container on a VM of the OpenStack cache; client-supplied IPs are refused.
+
+        The data echoes the docker config, MinIO credentials included as environment
+        variables, as the real manager does (creation/container.py:91-124).
+        """
         docker = _section(payload, "docker")
         if "image" not in docker:
             raise ManagementFailure("Missing required docker field: 'image'")
-        vm_ip = self._resolve_vm_ip(payload)
+        vm_id = _lookup(payload, "vm_id", "openstack") or payload.get("openstack_vm_id")
+        if not vm_id:
+            raise ManagementFailure(
+                "Missing required field 'vm_id' (top level, openstack.vm_id or openstack_vm_id)"
+            )
+        vm_ip = self.vms.get(str(vm_id))
+        if vm_ip is None:
+            raise ManagementFailure(f"VM '{vm_id}' not found in the OpenStack cache")
         container_id = secrets.token_hex(32)
         self.containers[container_id] = vm_ip
-        return container_id
+        minio = payload.get("minio") if isinstance(payload.get("minio"), dict) else {}
+        environment = dict(docker.get("environment") or {})
+        environment.update({f"MINIO_{k.upper()}": str(v) for k, v in (minio or {}).items()})
+        docker_config = {**docker, "environment": environment}
+        return [container_id, docker_config]
 
     def _create_server(self, payload: dict[str, Any]) -> dict[str, Any]:
         vm_id = _lookup(payload, "vm_id", "openstack")
@@ -148,7 +164,7 @@ class Registry:
         model = _model_of(payload)  # fail before creating anything
         vm_ip, vm_id = self._create_vm(payload)
         try:
-            container_id = self._create_container({**payload, "vm_ip": vm_ip})
+            container_id = self._create_container({**payload, "vm_id": vm_id})[0]
             try:
                 self._create_server(
                     {**payload, "vm_id": vm_id, "vm_ip": vm_ip, "container_id": container_id}
@@ -196,15 +212,6 @@ class Registry:
         payload["container_id"]
         if self.vms.pop(vm_id, None) is None:
             raise ManagementFailure(f"VM '{vm_id}' not found")
-
-    def _resolve_vm_ip(self, payload: dict[str, Any]) -> str:
-        vm_ip = _lookup(payload, "vm_ip", "openstack")
-        if vm_ip:
-            return str(vm_ip)
-        vm_id = _lookup(payload, "vm_id", "openstack")
-        if vm_id in self.vms:
-            return self.vms[str(vm_id)]
-        raise ManagementFailure("Missing VM: give vm_ip or a known vm_id")
 
 
 def _section(payload: dict[str, Any], name: str) -> dict[str, Any]:

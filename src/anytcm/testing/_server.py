@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import signal
+import ssl
 import sys
 import time
 import uuid as uuid_module
@@ -104,6 +105,10 @@ class ReferenceServer:
     async def serve(self) -> None:
         """Listen, announce the port on stdout, and run until stopped."""
         ping = self.config.ping_interval or None
+        tls = None
+        if self.config.certfile:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(self.config.certfile, self.config.keyfile)
         async with serve(
             self._handle,
             self.config.host,
@@ -115,6 +120,7 @@ class ReferenceServer:
             close_timeout=2,
             compression="deflate",
             server_header="anytcm-reference-manager",
+            ssl=tls,
         ) as server:
             self.port = next(iter(server.sockets)).getsockname()[1]
             loop = asyncio.get_running_loop()
@@ -123,9 +129,10 @@ class ReferenceServer:
             background = [asyncio.create_task(self.scheduler.run())]
             if self.config.exit_with_parent:
                 background.append(asyncio.create_task(self._watch_parent()))
+            scheme = "wss" if tls else "ws"
             print(
                 f"anytcm reference manager listening on "
-                f"ws://{self.config.host}:{self.port}/ws (pid {os.getpid()})",
+                f"{scheme}://{self.config.host}:{self.port}/ws (pid {os.getpid()})",
                 flush=True,
             )
             try:
