@@ -1,7 +1,140 @@
-"""anytcm: the async (asyncio and trio) client for the Triton Client Manager WebSocket API."""
+"""anytcm: the async (asyncio and trio) client for the Triton Client Manager WebSocket API.
+
+```python
+async with anytcm.connect("ws://127.0.0.1:8000/ws", pool_size=4) as tcm:
+    result = await tcm.infer("double", {"INPUT0": x}, target=anytcm.Target("127.0.0.1", "ref-0"))
+    y = result.as_numpy("OUTPUT0")
+```
+
+Names are imported lazily: `import anytcm` stays cheap, and the reference manager
+(`anytcm.testing`) can run without loading any client code.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-__all__ = ("__version__",)
+_EXPORTS = {
+    "connect": "client",
+    "AsyncClient": "client",
+    "InferStream": "client",
+    "Target": "results",
+    "Tensor": "results",
+    "TensorSpec": "results",
+    "ModelSpec": "results",
+    "InferResult": "results",
+    "StreamEvent": "results",
+    "QueueStats": "results",
+    "SHMReference": "wire",
+    "RetryPolicy": "retry",
+    "Retry": "retry",
+    "TcmError": "errors",
+    "ConnectError": "errors",
+    "NotReady": "errors",
+    "HandshakeRejected": "errors",
+    "AuthError": "errors",
+    "ConnectionLost": "errors",
+    "ServerShutdown": "errors",
+    "RequestError": "errors",
+    "InferenceFailed": "errors",
+    "ContractError": "errors",
+    "Forbidden": "errors",
+    "Backpressure": "errors",
+    "PayloadTooLarge": "errors",
+    "InvalidInput": "errors",
+    "ManagementFailed": "errors",
+    "RequestTimeout": "errors",
+    "CarrierError": "errors",
+    "UnknownCarrier": "errors",
+    "CarrierUnavailable": "errors",
+    "ClientClosed": "errors",
+}
+
+__all__ = (
+    "AsyncClient",
+    "AuthError",
+    "Backpressure",
+    "CarrierError",
+    "CarrierUnavailable",
+    "ClientClosed",
+    "ConnectError",
+    "ConnectionLost",
+    "ContractError",
+    "Forbidden",
+    "HandshakeRejected",
+    "InferResult",
+    "InferStream",
+    "InferenceFailed",
+    "InvalidInput",
+    "ManagementFailed",
+    "ModelSpec",
+    "NotReady",
+    "PayloadTooLarge",
+    "QueueStats",
+    "RequestError",
+    "RequestTimeout",
+    "Retry",
+    "RetryPolicy",
+    "SHMReference",
+    "ServerShutdown",
+    "StreamEvent",
+    "Target",
+    "TcmError",
+    "Tensor",
+    "TensorSpec",
+    "UnknownCarrier",
+    "__version__",
+    "connect",
+)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'anytcm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"anytcm.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:
+    from .client import AsyncClient as AsyncClient
+    from .client import InferStream as InferStream
+    from .client import connect as connect
+    from .errors import AuthError as AuthError
+    from .errors import Backpressure as Backpressure
+    from .errors import CarrierError as CarrierError
+    from .errors import CarrierUnavailable as CarrierUnavailable
+    from .errors import ClientClosed as ClientClosed
+    from .errors import ConnectError as ConnectError
+    from .errors import ConnectionLost as ConnectionLost
+    from .errors import ContractError as ContractError
+    from .errors import Forbidden as Forbidden
+    from .errors import HandshakeRejected as HandshakeRejected
+    from .errors import InferenceFailed as InferenceFailed
+    from .errors import InvalidInput as InvalidInput
+    from .errors import ManagementFailed as ManagementFailed
+    from .errors import NotReady as NotReady
+    from .errors import PayloadTooLarge as PayloadTooLarge
+    from .errors import RequestError as RequestError
+    from .errors import RequestTimeout as RequestTimeout
+    from .errors import ServerShutdown as ServerShutdown
+    from .errors import TcmError as TcmError
+    from .errors import UnknownCarrier as UnknownCarrier
+    from .results import InferResult as InferResult
+    from .results import ModelSpec as ModelSpec
+    from .results import QueueStats as QueueStats
+    from .results import StreamEvent as StreamEvent
+    from .results import Target as Target
+    from .results import Tensor as Tensor
+    from .results import TensorSpec as TensorSpec
+    from .retry import Retry as Retry
+    from .retry import RetryPolicy as RetryPolicy
+    from .wire import SHMReference as SHMReference

@@ -30,6 +30,10 @@ class ServerMetrics:
         self.inference_errors = Counter(
             "tcm_inference_errors", "FAILED inference replies", ["code"], registry=r
         )
+        self.management_actions = Counter(
+            "tcm_management_actions", "Management actions run", ["action"], registry=r
+        )
+        self.inference_jobs = Counter("tcm_inference_jobs", "Inference jobs started", registry=r)
         self.responses_dropped = Counter(
             "tcm_ws_responses_dropped",
             "Responses with no live connection for their uuid",

@@ -225,6 +225,17 @@ class ReferenceManager:
         result: dict[str, Any] = response.json()
         return result
 
+    def metrics(self) -> dict[str, float]:
+        """The server's Prometheus metrics as {"name{labels}": value} (for assertions)."""
+        response = httpx.get(f"{self.http_url}/metrics", timeout=5.0, verify=self._verify())
+        response.raise_for_status()
+        values: dict[str, float] = {}
+        for line in response.text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                values[key] = float(value)
+        return values
+
     def _verify(self) -> ssl.SSLContext | bool:
         if self.tls is None or self.ca_file is None:
             return True

@@ -428,6 +428,7 @@ class ReferenceServer:
 
     async def _run_inference(self, job: Job) -> None:
         started = time.perf_counter()
+        self.metrics.inference_jobs.inc()
 
         async def emit(status: str, data: Any, model_name: Any) -> None:
             if status == "FAILED":
@@ -446,6 +447,7 @@ class ReferenceServer:
     async def _run_management(self, job: Job) -> None:
         payload = job.message["payload"]
         action = str(payload.get("action"))
+        self.metrics.management_actions.labels(action).inc()
         try:
             data, status = self.registry.run_action(action, payload), True
         except ManagementFailure as exc:

@@ -1,0 +1,781 @@
+"""The public client: `anytcm.connect(...)` and `AsyncClient`.
+
+`connect` opens a pool of authenticated connections under a task group and returns once the
+first one is ready; the others come up (and come back after failures) in the background.
+Every call has a deadline (`timeout`), because the manager answers some failures with nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import sys
+import uuid as uuid_module
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+import anyio
+import msgspec
+import numpy as np
+import numpy.typing as npt
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from . import wire
+from .errors import (
+    ClientClosed,
+    InvalidInput,
+    ManagementFailed,
+    PayloadTooLarge,
+    RequestTimeout,
+    TcmError,
+)
+from .pool import Pool, PoolSettings
+from .protocol import InferenceCompleted, InferenceProgress
+from .readiness import ReadinessGate
+from .results import (
+    ContainerCreated,
+    Deleted,
+    Deployment,
+    InferResult,
+    ModelSpec,
+    QueueStats,
+    ServerCreated,
+    StreamEvent,
+    Target,
+    Tensor,
+    VmCreated,
+    input_signature,
+)
+from .retry import RetryPolicy
+from .session import NotSent, Session
+from .tensors import encode_input
+from .transport import DEFAULT_MAX_MESSAGE_SIZE, TransportFactory, TransportOptions
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+logger = logging.getLogger("anytcm.client")
+
+MAX_FRAME_BYTES = 65536
+"""The manager's inbound frame cap (contract §1): larger frames close the connection (1009)."""
+
+_T = TypeVar("_T")
+Inputs = Mapping[str, Any] | Sequence["Tensor | wire.SHMReference"]
+
+
+class AsyncClient:
+    """A connected TCM client. Obtain one with `async with anytcm.connect(url) as client`."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        timeout: float,
+        max_frame_bytes: int,
+        retry: RetryPolicy,
+    ) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._retry = retry
+        self.retries = 0
+        self._max_frame_bytes = max_frame_bytes
+        self._specs: dict[tuple[str, Target | None], ModelSpec] = {}
+        self._subscribers: set[MemoryObjectSendStream[wire.ServerFrame]] = set()
+        self.unsolicited_dropped = 0
+        self.info = InfoAPI(self)
+        self.management = ManagementAPI(self)
+
+    def __repr__(self) -> str:  # no token, ever
+        return f"<AsyncClient url={self._pool.settings.url!r} pool_size={self._pool.settings.size}>"
+
+    # -- shared plumbing ------------------------------------------------------------------
+
+    def _deadline(self, timeout: float | None) -> tuple[float, float]:
+        seconds = self._timeout if timeout is None else timeout
+        if seconds <= 0:
+            raise ValueError("timeout must be positive")
+        return seconds, anyio.current_time() + seconds
+
+    def _deliver_unsolicited(self, frame: wire.ServerFrame) -> None:
+        logger.info("unsolicited frame: %s", frame)
+        for stream in list(self._subscribers):
+            try:
+                stream.send_nowait(frame)
+            except anyio.WouldBlock:
+                self.unsolicited_dropped += 1  # a slow subscriber loses frames, never the client
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._subscribers.discard(stream)
+
+    @asynccontextmanager
+    async def alerts(
+        self, buffer: int = 256
+    ) -> AsyncIterator[MemoryObjectReceiveStream[wire.ServerFrame]]:
+        """Receive unsolicited frames (alerts, budget warnings, unknown frame types).
+
+        `async with client.alerts() as frames: async for frame in frames: ...`. A subscriber that
+        falls `buffer` frames behind loses the newest ones (counted in `unsolicited_dropped`).
+        Note the manager sends `alert` frames only to its first-connected live client.
+        """
+        send, receive = anyio.create_memory_object_stream[wire.ServerFrame](buffer)
+        self._subscribers.add(send)
+        try:
+            async with receive:
+                yield receive
+        finally:
+            self._subscribers.discard(send)
+            send.close()
+
+    def set_model_spec(self, model: str, spec: ModelSpec, *, target: Target | None = None) -> None:
+        """Remember a model's inputs/outputs: inputs are then checked before sending, and
+        outputs get their dtypes. Management calls that return a spec register it themselves."""
+        self._specs[(model, target)] = spec
+
+    def model_spec(self, model: str, target: Target | None = None) -> ModelSpec | None:
+        return self._specs.get((model, target)) or self._specs.get((model, None))
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: connects, reconnects, connect failures, stale replies, quarantines."""
+        s = self._pool.stats
+        return {
+            "connects": s.connects,
+            "reconnects": s.reconnects,
+            "connect_failures": s.connect_failures,
+            "stale_replies": s.stale_replies,
+            "quarantined": s.quarantined,
+            "open_connections": len(self._pool.sessions),
+            "unsolicited_dropped": self.unsolicited_dropped,
+            "retries": self.retries,
+        }
+
+    @property
+    def granted_capabilities(self) -> tuple[str, ...] | None:
+        """What the manager granted in auth.ok (None: legacy reply, nothing negotiated)."""
+        for session in self._pool.sessions:
+            return session.granted
+        return None
+
+    # -- inference ------------------------------------------------------------------
+
+    def _build_inputs(
+        self, model: str, inputs: Inputs, target: Target, input_spec: ModelSpec | None
+    ) -> list[wire.InputItem]:
+        arrays: dict[str, npt.NDArray[Any]] = {}
+        datatypes: dict[str, str | None] = {}
+        shm: list[wire.SHMReference] = []
+        if isinstance(inputs, Mapping):
+            items: Sequence[Any] = [Tensor(name, value) for name, value in inputs.items()]
+        else:
+            items = inputs
+        for item in items:
+            if isinstance(item, wire.SHMReference):
+                shm.append(item)
+            elif isinstance(item, Tensor):
+                if item.name in arrays:
+                    raise InvalidInput(f"input {item.name!r} is given twice")
+                arrays[item.name] = (
+                    np.asarray(item.data) if not isinstance(item.data, np.ndarray) else item.data
+                )
+                datatypes[item.name] = item.datatype
+            else:
+                raise InvalidInput(
+                    f"inputs must map names to arrays, or be a list of Tensor/SHMReference; "
+                    f"got {type(item).__name__}"
+                )
+        if shm and arrays:
+            raise InvalidInput(
+                "mixing shared-memory and JSON inputs in one request is refused: the manager "
+                f"silently drops the JSON ones ({sorted(arrays)}); send every input through shm",
+                given={"shm": [r.name for r in shm], "json": sorted(arrays)},
+            )
+        spec = input_spec or self.model_spec(model, target)
+        if spec is not None and arrays:
+            spec.check(model, input_signature(arrays, datatypes))
+        if shm:
+            return list(shm)
+        return [
+            msgspec.Raw(encode_input(name, array, datatypes[name]))
+            for name, array in arrays.items()
+        ]
+
+    def _frame_check(self, frame: bytes, model: str) -> None:
+        if len(frame) > self._max_frame_bytes:
+            raise PayloadTooLarge(
+                f"the inference request for {model!r} is {len(frame)} bytes of JSON, over the "
+                f"manager's {self._max_frame_bytes}-byte frame cap (it would close the connection "
+                "with 1009); nothing was sent. Send large tensors through shared memory "
+                "(the 'shm' carrier), or split the batch",
+                size=len(frame),
+                limit=self._max_frame_bytes,
+            )
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Inputs,
+        *,
+        target: Target,
+        protocol: Literal["http"] = "http",
+        allow_transient: bool = False,
+        output_dtypes: Mapping[str, Any] | None = None,
+        input_spec: ModelSpec | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> InferResult:
+        """Run one inference and return its outputs.
+
+        `inputs` maps input names to numpy arrays (or anything `numpy.asarray` takes), or is a
+        list of `Tensor` / `SHMReference`. Raises `InferenceFailed` (typed error from Triton),
+        `ContractError` (the manager rejected the request's form), `PayloadTooLarge` (not sent),
+        `InvalidInput` (not sent), `Backpressure`, `RequestTimeout`, `ConnectionLost`.
+        Failures the retry policy deems safe (connection loss, backpressure NACKs, ...) are
+        retried within the same deadline.
+        """
+        if protocol != "http":
+            raise ValueError("infer() is for protocol='http'; use infer_stream() for 'grpc'")
+        seconds, deadline = self._deadline(timeout)
+        payload = wire.InferencePayload(
+            vm_ip=target.vm_ip,
+            container_id=target.container_id,
+            model_name=model,
+            request=wire.InferenceOptions(
+                inputs=self._build_inputs(model, inputs, target, input_spec),
+                allow_transient=allow_transient,
+            ),
+        )
+        self._frame_check(wire.encode(wire.InferenceFrame(uuid="x" * 64, payload=payload)), model)
+        completed = await self._retrying(
+            lambda: self._run_inference(payload, deadline, seconds), deadline, retry, model
+        )
+        return InferResult(
+            completed.model_name,
+            completed.outputs or {},
+            dict(output_dtypes or {}),
+            input_spec or self.model_spec(model, target),
+        )
+
+    async def _retrying(
+        self,
+        attempt_once: Callable[[], Awaitable[_T]],
+        deadline: float,
+        retry: RetryPolicy | None,
+        what: str,
+    ) -> _T:
+        """Run attempts until one succeeds or the policy, the attempts or the deadline say stop."""
+        policy = retry or self._retry
+        stop = deadline
+        if policy.budget is not None:
+            stop = min(deadline, anyio.current_time() + policy.budget)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await attempt_once()
+            except TcmError as exc:
+                decision = policy.classify(exc)
+                if decision is None or attempt >= policy.attempts:
+                    raise
+                wait = policy.delay(decision, attempt)
+                if anyio.current_time() + wait >= stop:
+                    raise
+                self.retries += 1
+                logger.info(
+                    "retrying %s (attempt %d of %d) in %.3f s after: %s",
+                    what,
+                    attempt + 1,
+                    policy.attempts,
+                    wait,
+                    exc,
+                    extra={"attempt": attempt + 1, "delay": wait, "error": type(exc).__name__},
+                )
+                await anyio.sleep(wait)
+
+    async def _run_inference(
+        self, payload: wire.InferencePayload, deadline: float, seconds: float
+    ) -> InferenceCompleted:
+        while True:
+            session = await self._pool.checkout(deadline)
+            try:
+                remaining = deadline - anyio.current_time()
+                if remaining <= 0:
+                    raise RequestTimeout(
+                        f"no free connection within {seconds:g} s", timeout=seconds
+                    )
+                return await session.infer(payload, remaining)
+            except NotSent:
+                continue  # the connection ended before anything was written: try another
+            finally:
+                self._pool.checkin(session)
+
+    def infer_stream(
+        self,
+        model: str,
+        inputs: Inputs,
+        *,
+        target: Target,
+        allow_transient: bool = False,
+        output_name: str | None = None,
+        timeout: float | None = None,
+        idle_timeout: float | None = None,
+    ) -> InferStream:
+        """A streamed (gRPC protocol) inference: `async with client.infer_stream(...) as s:
+        async for event in s: ...` yields START, ONGOING (one string each), COMPLETED.
+
+        `idle_timeout` bounds the silence between two frames, `timeout` the whole stream, so a
+        long generation keeps going as long as frames keep coming.
+        """
+        seconds, deadline = self._deadline(timeout)
+        payload = wire.InferencePayload(
+            vm_ip=target.vm_ip,
+            container_id=target.container_id,
+            model_name=model,
+            request=wire.InferenceOptions(
+                inputs=self._build_inputs(model, inputs, target, None),
+                protocol="grpc",
+                allow_transient=allow_transient,
+                output_name=output_name,
+            ),
+        )
+        self._frame_check(wire.encode(wire.InferenceFrame(uuid="x" * 64, payload=payload)), model)
+        return InferStream(self, payload, deadline, seconds, idle_timeout)
+
+    async def pipeline(
+        self,
+        steps: Sequence[tuple[str, Inputs] | tuple[str, Inputs, str]],
+        *,
+        target: Target,
+        output_dtypes: Mapping[str, Mapping[str, Any]] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, InferResult]:
+        """Run models one after another on a registered server (HTTP only).
+
+        `steps` are `(model, inputs)` or `(model, inputs, step_name)`; each step has its own
+        inputs (the manager does not chain outputs into inputs). Returns results by step name
+        (or model name).
+        """
+        seconds, deadline = self._deadline(timeout)
+        wire_steps = []
+        for step in steps:
+            model, step_inputs = step[0], step[1]
+            name = step[2] if len(step) > 2 else None
+            wire_steps.append(
+                wire.PipelineStep(
+                    model_name=model,
+                    inputs=self._build_inputs(model, step_inputs, target, None),
+                    name=name,
+                )
+            )
+        payload = wire.InferencePayload(
+            vm_ip=target.vm_ip, container_id=target.container_id, pipeline=wire_steps
+        )
+        self._frame_check(
+            wire.encode(wire.InferenceFrame(uuid="x" * 64, payload=payload)), "pipeline"
+        )
+        completed = await self._retrying(
+            lambda: self._run_inference(payload, deadline, seconds), deadline, None, "pipeline"
+        )
+        results: dict[str, InferResult] = {}
+        for key, raw in (completed.outputs or {}).items():
+            model = next((s.model_name for s in wire_steps if (s.name or s.model_name) == key), key)
+            results[key] = InferResult(
+                model,
+                wire.decode_raw_dict(raw),
+                dict((output_dtypes or {}).get(key, {})),
+                self.model_spec(model, target),
+            )
+        return results
+
+    # -- info and management plumbing ------------------------------------------------
+
+    async def _info(self, action: str, timeout: float | None) -> wire.InfoResponsePayload:
+        _, deadline = self._deadline(timeout)
+        return await self._retrying(
+            lambda: self._info_once(action, deadline), deadline, None, f"info {action!r}"
+        )
+
+    async def _info_once(self, action: str, deadline: float) -> wire.InfoResponsePayload:
+        while True:
+            session = await self._pool.pick(
+                lambda s: s.protocol.info_ready(action), deadline, f"info request {action!r}"
+            )
+            try:
+                return await session.info(action, max(0.0, deadline - anyio.current_time()))
+            except NotSent:
+                continue
+            finally:
+                self._pool.slot_freed()
+
+    async def _management(self, payload: dict[str, Any], timeout: float | None) -> Any:
+        _, deadline = self._deadline(timeout)
+        action = str(payload.get("action"))
+        while True:
+            session = await self._pool.pick(
+                lambda s: s.protocol.management_ready, deadline, f"management action {action!r}"
+            )
+            try:
+                # Never re-sent automatically once written: a lost reply means unknown outcome.
+                result = await session.management(
+                    payload, max(0.0, deadline - anyio.current_time())
+                )
+            except NotSent:
+                continue
+            finally:
+                self._pool.slot_freed()
+            if not result.status:
+                raise ManagementFailed(
+                    f"management action {action!r} failed on the manager: {result.data}",
+                    action=action,
+                    data=result.data,
+                )
+            return result.data
+
+
+class InferStream:
+    """A streamed inference in progress; see `AsyncClient.infer_stream`."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        payload: wire.InferencePayload,
+        deadline: float,
+        seconds: float,
+        idle_timeout: float | None,
+    ) -> None:
+        self._client = client
+        self._payload = payload
+        self._deadline = deadline
+        self._seconds = seconds
+        self._idle_timeout = idle_timeout
+        self._session: Session | None = None
+        self._frames: MemoryObjectReceiveStream[Any] | None = None
+        self._done = False
+        # Safety net: a stream dropped without aclose() must still give its connection back.
+        self._finalizer = weakref.finalize(self, _release_stream, client._pool, [None])
+
+    async def __aenter__(self) -> InferStream:  # noqa: PYI034 - not meant to be subclassed
+        await self._start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> InferStream:
+        return self
+
+    async def _start(self) -> None:
+        if self._session is not None or self._done:
+            return
+        while True:
+            session = await self._client._pool.checkout(self._deadline)
+            frame, frames = session.open_stream(self._payload)
+            self._session, self._frames = session, frames
+            self._finalizer.detach()
+            self._finalizer = weakref.finalize(self, _release_stream, self._client._pool, [session])
+            try:
+                await session.send_stream_request(frame)
+                return
+            except NotSent:
+                self._release()
+                continue
+
+    async def __anext__(self) -> StreamEvent:
+        if self._done:
+            raise StopAsyncIteration
+        await self._start()
+        assert self._frames is not None
+        now = anyio.current_time()
+        wait = self._deadline - now
+        if self._idle_timeout is not None:
+            wait = min(wait, self._idle_timeout)
+        try:
+            with anyio.fail_after(max(0.0, wait)):
+                item = await self._frames.receive()
+        except TimeoutError:
+            overall = anyio.current_time() >= self._deadline
+            self._abandon()
+            what = f"within {self._seconds:g} s" if overall else f"for {self._idle_timeout:g} s"
+            raise RequestTimeout(
+                f"the stream of {self._payload.model_name!r} sent nothing {what}",
+                timeout=self._seconds if overall else (self._idle_timeout or 0.0),
+            ) from None
+        except anyio.EndOfStream:
+            self._abandon()
+            raise ClientClosed("the stream was closed") from None
+        except BaseException:
+            self._abandon()
+            raise
+        if isinstance(item, TcmError):
+            self._done = True
+            self._release()
+            raise item
+        if isinstance(item, InferenceCompleted):
+            self._done = True
+            self._release()
+            return StreamEvent("COMPLETED", None, item.model_name)
+        assert isinstance(item, InferenceProgress)
+        return StreamEvent(item.status, item.text)
+
+    def _abandon(self) -> None:
+        self._done = True
+        if self._session is not None:
+            self._session.abandon_stream()
+        self._release()
+
+    def _release(self) -> None:
+        session, self._session = self._session, None
+        self._finalizer.detach()
+        if session is not None:
+            self._client._pool.checkin(session)
+
+    async def aclose(self) -> None:
+        """Stop reading; an unfinished stream's connection is held until its end arrives."""
+        if not self._done:
+            self._abandon()
+
+
+def _release_stream(pool: Pool, holder: list[Session | None]) -> None:
+    session = holder[0]
+    if session is not None:
+        session.abandon_stream()
+        pool.checkin(session)
+
+
+class InfoAPI:
+    """`client.info`: queue statistics and other info actions."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def queue_stats(self, *, timeout: float | None = None) -> QueueStats:
+        """The manager's queue statistics (answered at once, even under load)."""
+        reply = await self._client._info("queue_stats", timeout)
+        return msgspec.convert(reply.data or {}, QueueStats, strict=False)
+
+    async def request(self, action: str, *, timeout: float | None = None) -> Any:
+        """Any info action; returns the reply's `data`."""
+        return (await self._client._info(action, timeout)).data
+
+
+class ManagementAPI:
+    """`client.management`: one typed method per management action (contract §4.2).
+
+    Management requests are never re-sent automatically: if the connection dies after one was
+    written, it fails with `ConnectionLost(outcome_unknown=True)`.
+    """
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def request(self, action: str, *, timeout: float | None = None, **payload: Any) -> Any:
+        """Any action with a raw payload; returns the reply's `data`."""
+        return await self._client._management({"action": action, **payload}, timeout)
+
+    async def create_vm(
+        self, *, openstack: Mapping[str, Any], timeout: float | None = None
+    ) -> VmCreated:
+        data = await self.request("create_vm", openstack=dict(openstack), timeout=timeout)
+        return VmCreated(str(data[0]), str(data[1]))
+
+    async def create_container(
+        self,
+        *,
+        vm_id: str,
+        docker: Mapping[str, Any],
+        minio: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> ContainerCreated:
+        extra = {"minio": dict(minio)} if minio is not None else {}
+        data = await self.request(
+            "create_container", vm_id=vm_id, docker=dict(docker), timeout=timeout, **extra
+        )
+        if isinstance(data, list):
+            return ContainerCreated(str(data[0]), dict(data[1]) if len(data) > 1 else {})
+        return ContainerCreated(str(data), {})
+
+    async def create_server(
+        self,
+        *,
+        vm_id: str,
+        vm_ip: str,
+        container_id: str,
+        triton: Mapping[str, Any],
+        minio: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> ServerCreated:
+        data = await self.request(
+            "create_server",
+            vm_id=vm_id,
+            vm_ip=vm_ip,
+            container_id=container_id,
+            triton=dict(triton),
+            minio=dict(minio or {}),
+            timeout=timeout,
+        )
+        spec = ModelSpec.from_config(data)
+        model = str(data["model_name"])
+        self._client.set_model_spec(model, spec, target=Target(vm_ip, container_id))
+        return ServerCreated(model, spec)
+
+    async def creation(
+        self,
+        *,
+        openstack: Mapping[str, Any],
+        docker: Mapping[str, Any],
+        triton: Mapping[str, Any],
+        minio: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Deployment:
+        data = await self.request(
+            "creation",
+            openstack=dict(openstack),
+            docker=dict(docker),
+            triton=dict(triton),
+            minio=dict(minio or {}),
+            timeout=timeout,
+        )
+        target = Target(str(data["vm_ip"]), str(data["container_id"]))
+        spec = ModelSpec.from_config(data)
+        self._client.set_model_spec(str(data["model_name"]), spec, target=target)
+        return Deployment(target, str(data["model_name"]), spec)
+
+    async def deletion(
+        self, *, vm_id: str, container_id: str, timeout: float | None = None
+    ) -> Deleted:
+        data = await self.request(
+            "deletion", vm_id=vm_id, container_id=container_id, timeout=timeout
+        )
+        return Deleted(data.get("vm_id"), data.get("container_id"))
+
+    async def delete_server(
+        self, *, vm_id: str, container_id: str, timeout: float | None = None
+    ) -> None:
+        await self.request("delete_server", vm_id=vm_id, container_id=container_id, timeout=timeout)
+
+    async def delete_container(
+        self, *, vm_id: str, container_id: str, timeout: float | None = None
+    ) -> None:
+        await self.request(
+            "delete_container", vm_id=vm_id, container_id=container_id, timeout=timeout
+        )
+
+    async def delete_vm(
+        self, *, vm_id: str, container_id: str, timeout: float | None = None
+    ) -> None:
+        await self.request("delete_vm", vm_id=vm_id, container_id=container_id, timeout=timeout)
+
+
+def _transport_factory(name: str | TransportFactory) -> TransportFactory:
+    if not isinstance(name, str):
+        return name
+    if name == "websockets":
+        from ._ws_transport import WebsocketsTransportFactory
+
+        return WebsocketsTransportFactory()
+    from .plugins import load_transport
+
+    return load_transport(name)
+
+
+@asynccontextmanager
+async def connect(
+    url: str,
+    *,
+    token: str | None = None,
+    pool_size: int = 4,
+    max_waiting: int = 1024,
+    timeout: float = 30.0,
+    connect_timeout: float = 30.0,
+    uuid: str | None = None,
+    capabilities: Sequence[str] | None = ("json", "shm"),
+    roles: Sequence[str] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    headers: Mapping[str, str] | None = None,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    max_frame_bytes: int = MAX_FRAME_BYTES,
+    ping_interval: float | None = 20.0,
+    ping_timeout: float = 20.0,
+    compression: bool = False,
+    ready_check: bool = True,
+    stale_grace: float = 5.0,
+    retry: RetryPolicy | None = None,
+    transport: str | TransportFactory = "websockets",
+) -> AsyncIterator[AsyncClient]:
+    """Connect to a TCM manager: `async with anytcm.connect("ws://host:8000/ws") as client:`.
+
+    Returns once the first of `pool_size` connections is authenticated; the rest connect, and
+    reconnect after failures, in the background. `timeout` is the default deadline of each call.
+    `uuid` is the base from which each connection's uuid is derived (random by default).
+    `capabilities` are requested in auth (None: the legacy auth without negotiation).
+    """
+    if pool_size < 1:
+        raise ValueError("pool_size must be at least 1")
+    if max_waiting < 0:
+        raise ValueError("max_waiting must be >= 0")
+    settings = PoolSettings(
+        url=url,
+        size=pool_size,
+        base_uuid=uuid or uuid_module.uuid4().hex,
+        token=token,
+        capabilities=tuple(capabilities) if capabilities is not None else None,
+        roles=tuple(roles) if roles is not None else None,
+        max_waiting=max_waiting,
+        connect_timeout=connect_timeout,
+        auth_timeout=min(10.0, connect_timeout),
+        ready_check=ready_check,
+        stale_grace=stale_grace,
+    )
+    options = TransportOptions(
+        ssl_context=ssl_context,
+        headers=dict(headers or {}),
+        max_message_size=max_message_size,
+        open_timeout=min(10.0, connect_timeout),
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        compression=compression,
+    )
+    gate = ReadinessGate(url, ssl_context=ssl_context) if ready_check else None
+    client: AsyncClient | None = None
+
+    def deliver(frame: wire.ServerFrame) -> None:
+        if client is not None:
+            client._deliver_unsolicited(frame)
+
+    pool = Pool(settings, _transport_factory(transport), options, deliver, gate)
+    client = AsyncClient(
+        pool, timeout=timeout, max_frame_bytes=max_frame_bytes, retry=retry or RetryPolicy()
+    )
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(pool.run)
+            try:
+                yield client
+            finally:
+                pool.close()
+    except BaseExceptionGroup as group:
+        raise _single(group) from None
+
+
+def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one real error of a group (a single failure is never surfaced as a group)."""
+    cancelled = anyio.get_cancelled_exc_class()
+    errors: list[BaseException] = [e for e in _leaves(group) if not isinstance(e, cancelled)]
+    if len(errors) == 1:
+        return errors[0]
+    return group
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for e in error.exceptions for leaf in _leaves(e)]
+    return [error]
+
+
+__all__ = ["AsyncClient", "InferStream", "InfoAPI", "ManagementAPI", "connect"]

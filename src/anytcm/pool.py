@@ -1,0 +1,358 @@
+"""A pool of authenticated connections, each kept alive by its own supervisor loop.
+
+Why a pool: the protocol has no request id, so a connection carries one inference at a time
+(design.md, fact 1). Parallelism comes from `size` connections, each with its own uuid derived
+from a base. A fresh uuid is used for every physical connection, because the manager delivers a
+late reply to whichever connection holds the uuid *now* (contract §3.4).
+
+Each slot runs: readiness gate -> connect -> auth -> serve -> classify the failure -> backoff ->
+again. Callers check a connection out for an inference; at most `max_waiting` callers wait for
+one, beyond that they get `Backpressure` at once instead of an unbounded queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+
+from . import wire
+from .backoff import Backoff
+from .errors import (
+    AuthError,
+    Backpressure,
+    ClientClosed,
+    ConnectError,
+    ConnectionLost,
+    NotReady,
+    RequestTimeout,
+    ServerShutdown,
+    TcmError,
+)
+from .protocol import ClientProtocol
+from .readiness import ReadinessGate
+from .session import Session, UuidConflict, open_session
+from .transport import TransportFactory, TransportOptions
+
+logger = logging.getLogger("anytcm.pool")
+
+READY_POLL_INTERVAL = 0.25  # seconds between /ready checks while the manager answers 503
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """What the pool needs to open connections; built by `anytcm.connect`."""
+
+    url: str
+    size: int
+    base_uuid: str
+    token: str | None
+    capabilities: tuple[str, ...] | None
+    roles: tuple[str, ...] | None
+    max_waiting: int
+    connect_timeout: float
+    auth_timeout: float
+    ready_check: bool
+    stale_grace: float
+    drain_limit: float = 60.0  # longest wait for a quarantined session's other requests
+    backoff: Callable[[], Backoff] = field(default=Backoff)
+
+
+@dataclass(eq=False)
+class _Handoff:
+    event: anyio.Event
+    session: Session | None = None
+    error: TcmError | None = None
+
+
+@dataclass
+class PoolStats:
+    """Counters of the pool's life, readable from the client."""
+
+    connects: int = 0
+    reconnects: int = 0
+    connect_failures: int = 0
+    stale_replies: int = 0
+    quarantined: int = 0
+
+
+class Pool:
+    """`size` supervised sessions. Run it with `await task_group.start(pool.run)`."""
+
+    def __init__(
+        self,
+        settings: PoolSettings,
+        factory: TransportFactory,
+        options: TransportOptions,
+        on_unsolicited: Callable[[wire.ServerFrame], None],
+        gate: ReadinessGate | None,
+    ) -> None:
+        self.settings = settings
+        self._factory = factory
+        self._options = options
+        self._on_unsolicited = on_unsolicited
+        self._gate = gate
+        self.sessions: list[Session] = []
+        self._idle: deque[Session] = deque()
+        self._waiters: deque[_Handoff] = deque()
+        self._changed = anyio.Event()
+        self._first_up = anyio.Event()
+        self._fatal: TcmError | None = None
+        self._closing = False
+        self._last_failure: BaseException | None = None
+        self._rotation = 0
+        self._slot_connected: set[int] = set()
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self.stats = PoolStats()
+
+    # -- lifetime ------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Supervise every slot; report started once the first connection is ready."""
+        failure: TcmError | None = None
+        async with anyio.create_task_group() as tg:
+            self._task_group = tg
+            for slot in range(self.settings.size):
+                tg.start_soon(self._supervise, slot)
+            with anyio.move_on_after(self.settings.connect_timeout):
+                await self._first_up.wait()
+            if self._fatal is not None:
+                failure = self._fatal
+            elif not self._first_up.is_set():
+                failure = ConnectError(
+                    f"no connection to {self.settings.url} within "
+                    f"{self.settings.connect_timeout:g} s; last failure: {self._last_failure}"
+                )
+            if failure is not None:
+                self._closing = True
+                tg.cancel_scope.cancel()
+            else:
+                task_status.started()
+        if failure is not None:
+            raise failure
+
+    def close(self) -> None:
+        """Stop supervising; pending and future checkouts fail with ClientClosed."""
+        self._closing = True
+        self._fail_waiters(ClientClosed("the client is closed"))
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
+
+    async def _supervise(self, slot: int) -> None:
+        backoff = self.settings.backoff()
+        generation = 0
+        while not self._stopped():
+            generation += 1
+            uuid = f"{self.settings.base_uuid}-{slot}-{generation}"
+            failure: BaseException | None = None
+            retry_now = False
+            try:
+                failure = await self._serve_one(uuid, backoff, slot)
+            except UuidConflict as exc:
+                failure, retry_now = exc, True  # the next generation is a fresh uuid
+            except AuthError as exc:
+                self._fatal = exc
+                self._fail_waiters(exc)
+                self._first_up.set()
+                logger.error("authentication refused, giving up: %s", exc)
+                return
+            except (ConnectError, ConnectionLost) as exc:
+                failure = exc
+                self.stats.connect_failures += 1
+            if self._stopped():
+                return
+            self._last_failure = failure
+            if self._gate is not None:
+                self._gate.forget()
+            backoff.failed(anyio.current_time())
+            delay = 0.0 if retry_now else backoff.next_delay()
+            if isinstance(failure, ServerShutdown):
+                # Stop-the-world: never a hot loop; the readiness gate then waits for /ready.
+                delay = max(delay, backoff.ceiling() / 2)
+            elif isinstance(failure, NotReady) and failure.process_up:
+                # The manager is up and says when it is ready: asking /ready (cached for 1 s on
+                # the server) at a steady pace reconnects promptly without a connection storm.
+                delay = min(delay, READY_POLL_INTERVAL)
+            logger.info(
+                "connection %s ended (%s); reconnecting in %.2f s",
+                uuid,
+                failure,
+                delay,
+                extra={"uuid": uuid, "delay": delay, "reason": str(failure)},
+            )
+            await anyio.sleep(delay)
+
+    async def _serve_one(self, uuid: str, backoff: Backoff, slot: int) -> ConnectionLost | None:
+        """One physical connection, from readiness check to its end."""
+        if self._gate is not None:
+            state = await self._gate.check()
+            if not state.ready:
+                raise state.as_error()
+        protocol = ClientProtocol(
+            uuid,
+            token=self.settings.token,
+            capabilities=self.settings.capabilities,
+            roles=self.settings.roles,
+        )
+        async with open_session(
+            self._factory,
+            self.settings.url,
+            self._options,
+            protocol,
+            on_unsolicited=self._on_unsolicited,
+            auth_timeout=self.settings.auth_timeout,
+        ) as session:
+            backoff.succeeded(anyio.current_time())
+            if slot in self._slot_connected:
+                self.stats.reconnects += 1
+            self._slot_connected.add(slot)
+            self.stats.connects += 1
+            self._add(session)
+            try:
+                await session.closed.wait()
+            finally:
+                self._remove(session)
+        return session.close_error
+
+    def _add(self, session: Session) -> None:
+        self.sessions.append(session)
+        self._first_up.set()
+        logger.info("connected %s (capabilities %s)", session.uuid, session.granted)
+        self.checkin(session)
+        self._notify()
+
+    def _remove(self, session: Session) -> None:
+        self.stats.stale_replies += session.stale_replies
+        if session in self.sessions:
+            self.sessions.remove(session)
+        if session in self._idle:
+            self._idle.remove(session)
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def _fail_waiters(self, error: TcmError) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            waiter.error = error
+            waiter.event.set()
+        self._notify()
+
+    def _stopped(self) -> bool:
+        return self._closing
+
+    def _check_usable(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+        if self._closing:
+            raise ClientClosed("the client is closed; open a new one with anytcm.connect()")
+
+    # -- inference checkout ------------------------------------------------------------------
+
+    async def checkout(self, deadline: float) -> Session:
+        """A session free for one inference, waiting (bounded) for one to become free."""
+        while True:
+            self._check_usable()
+            while self._idle:
+                session = self._idle.popleft()
+                if session.inference_usable:
+                    return session
+            if len(self._waiters) >= self.settings.max_waiting:
+                raise Backpressure(
+                    f"all {self.settings.size} connections are busy and {len(self._waiters)} "
+                    f"callers already wait (max_waiting={self.settings.max_waiting}); slow down or "
+                    "raise pool_size/max_waiting",
+                    code="CLIENT_POOL_EXHAUSTED",
+                )
+            waiter = _Handoff(anyio.Event())
+            self._waiters.append(waiter)
+            try:
+                with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
+                    await waiter.event.wait()
+            except BaseException as exc:
+                if waiter.session is not None:
+                    self.checkin(waiter.session)  # it was handed to us: pass it on
+                elif waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                if isinstance(exc, TimeoutError):
+                    raise RequestTimeout(
+                        "no connection became free before the deadline "
+                        f"({self.settings.size} connections, all busy or reconnecting)",
+                        timeout=deadline,
+                    ) from None
+                raise
+            if waiter.error is not None:
+                raise waiter.error
+            if waiter.session is not None and waiter.session.inference_usable:
+                return waiter.session
+
+    def checkin(self, session: Session) -> None:
+        """Return a session after an inference; hand it to the longest waiter if any."""
+        if session.closed.is_set() or session not in self.sessions:
+            return
+        if session.protocol.inference_abandoned:
+            self._quarantine(session)
+            return
+        if not session.inference_usable:
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.event.is_set():
+                waiter.session = session
+                waiter.event.set()
+                return
+        self._idle.append(session)
+
+    def _quarantine(self, session: Session) -> None:
+        """Hold a session whose inference was given up until its late answer arrives."""
+        self.stats.quarantined += 1
+        assert self._task_group is not None
+        self._task_group.start_soon(self._settle, session)
+
+    async def _settle(self, session: Session) -> None:
+        with anyio.move_on_after(self.settings.stale_grace):
+            await session.inference_settled()
+            self.checkin(session)
+            return
+        # No late answer (a hung request): only a new connection with a new uuid is safe. Let
+        # the info/management requests already on it finish first (each has its own deadline):
+        # closing under them would turn a known outcome into an unknown one.
+        session.draining = True
+        with anyio.move_on_after(self.settings.drain_limit):
+            while session.has_pending_requests and not session.closed.is_set():  # noqa: ASYNC110
+                await anyio.sleep(0.05)  # rare (a hung request); polling keeps Session simple
+        await session.abort("an abandoned inference was never answered; reconnecting")
+
+    # -- other requests ------------------------------------------------------------------
+
+    async def pick(self, ready: Callable[[Session], bool], deadline: float, what: str) -> Session:
+        """Any open session for which `ready` holds (round-robin), waiting until one is."""
+        while True:
+            self._check_usable()
+            candidates = [
+                s for s in self.sessions if not s.closed.is_set() and not s.draining and ready(s)
+            ]
+            if candidates:
+                self._rotation += 1
+                return candidates[self._rotation % len(candidates)]
+            changed = self._changed
+            try:
+                with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
+                    await changed.wait()
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"no connection could take the {what} before the deadline "
+                    f"(last failure: {self._last_failure})",
+                    timeout=deadline,
+                ) from None
+
+    def slot_freed(self) -> None:
+        """An info or management slot of some session is free again."""
+        self._notify()

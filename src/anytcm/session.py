@@ -1,0 +1,385 @@
+"""One authenticated connection: a reader task, the pending-request table, deadlines.
+
+A `Session` owns one transport and one `ClientProtocol`. Its reader task turns every inbound
+frame into a protocol event and hands it to whoever waits for it. Every request has a deadline,
+because some failures produce no frame at all (contract §6.6). A request given up on (deadline,
+cancellation) is *abandoned* in the protocol, so its late answer is recognised and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from . import wire
+from .errors import AuthError, ConnectError, ConnectionLost, RequestTimeout, TcmError
+from .protocol import (
+    AuthAccepted,
+    AuthRejected,
+    ClientProtocol,
+    ConnectionFailing,
+    Event,
+    InferenceCompleted,
+    InferenceProgress,
+    InfoCompleted,
+    ManagementCompleted,
+    ProtocolViolation,
+    RequestFailed,
+    StaleReply,
+    Unsolicited,
+)
+from .transport import Transport, TransportFactory, TransportOptions
+
+logger = logging.getLogger("anytcm.session")
+
+SEND_TIMEOUT = 30.0  # a send that cannot finish in this long means the peer stopped reading
+
+
+class UuidConflict(AuthError):
+    """Another live connection holds this uuid; the caller should retry with a fresh one."""
+
+
+class NotSent(ConnectionLost):
+    """The connection ended before the request was written: it is safe to send elsewhere."""
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """One pending request: set once, with an event or an error."""
+
+    event: anyio.Event
+    result: Any = None
+    error: TcmError | None = None
+
+    def resolve(self, result: Any = None, error: TcmError | None = None) -> None:
+        if not self.event.is_set():
+            self.result, self.error = result, error
+            self.event.set()
+
+
+StreamItem = InferenceProgress | InferenceCompleted | TcmError
+
+
+class Session:
+    """An open, authenticated connection. Created by `open_session`."""
+
+    def __init__(
+        self,
+        protocol: ClientProtocol,
+        transport: Transport,
+        on_unsolicited: Callable[[wire.ServerFrame], None],
+    ) -> None:
+        self.protocol = protocol
+        self._transport = transport
+        self._on_unsolicited = on_unsolicited
+        self._send_lock = anyio.Lock()
+        self._inference: _Waiter | None = None
+        self._stream: MemoryObjectSendStream[StreamItem] | None = None
+        self._info: dict[int, _Waiter] = {}
+        self._management: dict[str, _Waiter] = {}
+        self._ending: ConnectionLost | None = None  # what the server said before closing
+        self.closed = anyio.Event()
+        self._settled = anyio.Event()  # set when an abandoned inference's late answer arrived
+        self.close_error: ConnectionLost | None = None
+        self.stale_replies = 0
+        self.draining = False  # takes no new requests; closed once the pending ones are done
+
+    @property
+    def uuid(self) -> str:
+        return self.protocol.uuid
+
+    @property
+    def granted(self) -> tuple[str, ...] | None:
+        return self.protocol.granted
+
+    def __repr__(self) -> str:
+        return f"<Session uuid={self.uuid!r} open={not self.closed.is_set()}>"
+
+    @property
+    def inference_usable(self) -> bool:
+        """Open, with no inference in flight or abandoned."""
+        return not self.closed.is_set() and self.protocol.inference_ready and self._stream is None
+
+    @property
+    def has_pending_requests(self) -> bool:
+        """Info or management requests still waiting for their answer."""
+        return bool(self._info or self._management)
+
+    async def inference_settled(self) -> None:
+        """Wait until an abandoned inference has had its late answer (or the session closed)."""
+        if self.protocol.inference_ready or self.closed.is_set():
+            return
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+
+                async def closed() -> None:
+                    await self.closed.wait()
+                    scope.cancel()
+
+                tg.start_soon(closed)
+                await self._settled.wait()
+                scope.cancel()
+
+    # -- reading ------------------------------------------------------------------
+
+    async def read_forever(self) -> None:
+        """The reader task: runs until the connection ends, then fails whatever is pending."""
+        try:
+            while True:
+                data = await self._transport.receive()
+                self._dispatch(self.protocol.receive(data))
+        except ConnectionLost as exc:
+            error = self._ending or exc
+            if self._ending is not None and exc.close_code is not None:
+                error.close_code = exc.close_code
+            self._lose(error)
+
+    def _lose(self, error: ConnectionLost) -> None:
+        self.close_error = error
+        for failed in self.protocol.connection_lost(error):
+            self._dispatch(failed)
+        self.closed.set()
+
+    def _dispatch(self, event: Event) -> None:
+        if isinstance(event, InferenceCompleted | InferenceProgress):
+            if self._stream is not None:
+                self._stream.send_nowait(event)  # unbounded: the reader never blocks
+                if isinstance(event, InferenceCompleted):
+                    self._stream = None
+            elif self._inference is not None and isinstance(event, InferenceCompleted):
+                self._inference.resolve(event)
+        elif isinstance(event, InfoCompleted):
+            waiter = self._info.pop(event.job_id, None)
+            if waiter is not None:
+                waiter.resolve(event.reply)
+        elif isinstance(event, ManagementCompleted):
+            waiter = self._management.pop(event.request_id, None)
+            if waiter is not None:
+                waiter.resolve(event.result)
+        elif isinstance(event, RequestFailed):
+            self._fail(event)
+        elif isinstance(event, ConnectionFailing):
+            self._ending = event.error
+        elif isinstance(event, StaleReply):
+            self.stale_replies += 1
+            if event.kind == "inference" and self.protocol.inference_ready:
+                self._settled.set()
+            logger.debug("dropped the late %s reply of an abandoned request", event.kind)
+        elif isinstance(event, Unsolicited):
+            self._on_unsolicited(event.frame)
+        elif isinstance(event, ProtocolViolation):
+            logger.error("protocol violation on %s: %s", self.uuid, event.detail)
+        elif isinstance(event, AuthAccepted | AuthRejected):
+            logger.error("unexpected auth reply on an open connection %s", self.uuid)
+
+    def _fail(self, event: RequestFailed) -> None:
+        if event.kind == "inference":
+            if self._stream is not None:
+                self._stream.send_nowait(event.error)
+                self._stream = None
+            elif self._inference is not None:
+                self._inference.resolve(error=event.error)
+        elif event.kind == "info":
+            waiter = self._info.pop(event.key, None)  # type: ignore[arg-type]
+            if waiter is not None:
+                waiter.resolve(error=event.error)
+        else:
+            waiter = self._management.pop(event.key, None)  # type: ignore[arg-type]
+            if waiter is not None:
+                waiter.resolve(error=event.error)
+
+    # -- sending ------------------------------------------------------------------
+
+    async def _send(self, frame: bytes) -> None:
+        if self.closed.is_set():
+            assert self.close_error is not None
+            raise NotSent(
+                f"not sent: {self.close_error}",
+                close_code=self.close_error.close_code,
+                reason=self.close_error.reason,
+            )
+        # A cancelled half-written frame would corrupt the stream for everyone: never cancel a
+        # send midway. A send that cannot finish means the peer stopped reading: drop the socket.
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + SEND_TIMEOUT
+            await self._transport.send_text(frame)
+        if scope.cancelled_caught:
+            await self.abort("a send did not complete in time: the manager stopped reading")
+            assert self.close_error is not None
+            raise self.close_error
+
+    async def abort(self, reason: str) -> None:
+        """Give up on this connection (closing it fails everything pending)."""
+        with anyio.CancelScope(shield=True):
+            await self._transport.aclose(1011, reason[:120])
+        if not self.closed.is_set():
+            self._lose(
+                ConnectionLost(f"connection closed by the client: {reason}", close_code=1011)
+            )
+
+    async def _wait(
+        self, waiter: _Waiter, timeout: float, what: str, abandon: Callable[[], None]
+    ) -> Any:
+        try:
+            with anyio.fail_after(timeout):
+                await waiter.event.wait()
+        except TimeoutError:
+            abandon()
+            raise RequestTimeout(
+                f"no answer to the {what} within {timeout:g} s (the manager sends nothing for "
+                "some failures); raise `timeout` if the work is legitimately slow",
+                timeout=timeout,
+            ) from None
+        except BaseException:
+            abandon()  # cancelled: the late answer must not reach the next request
+            raise
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result
+
+    # -- requests ------------------------------------------------------------------
+
+    async def infer(self, payload: wire.InferencePayload, timeout: float) -> InferenceCompleted:
+        """One HTTP-protocol inference (a single COMPLETED or FAILED frame)."""
+        frame = self.protocol.send_inference(payload)
+        waiter = _Waiter(anyio.Event())
+        self._inference = waiter
+        try:
+            await self._send(frame)
+            result: InferenceCompleted = await self._wait(
+                waiter, timeout, f"inference of {payload.model_name!r}", self._abandon_inference
+            )
+            return result
+        finally:
+            self._inference = None
+
+    def _abandon_inference(self) -> None:
+        self._settled = anyio.Event()
+        self.protocol.abandon_inference()
+
+    def open_stream(
+        self, payload: wire.InferencePayload
+    ) -> tuple[bytes, MemoryObjectReceiveStream[StreamItem]]:
+        """Start a streamed inference; frames arrive on the returned stream until COMPLETED."""
+        frame = self.protocol.send_inference(payload)
+        send, receive = anyio.create_memory_object_stream[StreamItem](math.inf)
+        self._stream = send
+        return frame, receive
+
+    async def send_stream_request(self, frame: bytes) -> None:
+        await self._send(frame)
+
+    def abandon_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+        self._abandon_inference()
+
+    async def info(self, action: str, timeout: float) -> wire.InfoResponsePayload:
+        job_id, frame = self.protocol.send_info(action)
+        waiter = _Waiter(anyio.Event())
+        self._info[job_id] = waiter
+
+        def abandon() -> None:
+            self._info.pop(job_id, None)
+            self.protocol.abandon_info(job_id)
+
+        await self._send_or_abandon(frame, abandon)
+        reply: wire.InfoResponsePayload = await self._wait(
+            waiter, timeout, f"info request {action!r}", abandon
+        )
+        return reply
+
+    async def management(self, payload: dict[str, Any], timeout: float) -> wire.ManagementResult:
+        request_id, frame = self.protocol.send_management(payload)
+        waiter = _Waiter(anyio.Event())
+        self._management[request_id] = waiter
+
+        def abandon() -> None:
+            self._management.pop(request_id, None)
+            self.protocol.abandon_management(request_id)
+
+        await self._send_or_abandon(frame, abandon)
+        result: wire.ManagementResult = await self._wait(
+            waiter, timeout, f"management action {payload.get('action')!r}", abandon
+        )
+        return result
+
+    async def _send_or_abandon(self, frame: bytes, abandon: Callable[[], None]) -> None:
+        try:
+            await self._send(frame)
+        except BaseException:
+            abandon()
+            raise
+
+
+@asynccontextmanager
+async def open_session(
+    factory: TransportFactory,
+    url: str,
+    options: TransportOptions,
+    protocol: ClientProtocol,
+    *,
+    on_unsolicited: Callable[[wire.ServerFrame], None],
+    auth_timeout: float,
+) -> AsyncIterator[Session]:
+    """Connect, authenticate, and run the reader task for as long as the block runs.
+
+    Raises ConnectError (NotReady/HandshakeRejected/AuthError/UuidConflict) if the connection
+    cannot be made or authenticated.
+    """
+    async with factory.connect(url, options) as transport:
+        await _authenticate(transport, protocol, auth_timeout, on_unsolicited)
+        session = Session(protocol, transport, on_unsolicited)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(session.read_forever)
+            try:
+                yield session
+            finally:
+                tg.cancel_scope.cancel()
+        if not session.closed.is_set():
+            session._lose(ConnectionLost("connection closed by the client", close_code=1000))
+        with anyio.CancelScope(shield=True):
+            await transport.aclose()
+
+
+async def _authenticate(
+    transport: Transport,
+    protocol: ClientProtocol,
+    timeout: float,
+    on_unsolicited: Callable[[wire.ServerFrame], None],
+) -> None:
+    try:
+        with anyio.fail_after(timeout):
+            await transport.send_text(protocol.auth())
+            while True:
+                try:
+                    data = await transport.receive()
+                except ConnectionLost as exc:
+                    raise ConnectError(
+                        f"the connection closed during authentication (close code "
+                        f"{exc.close_code}): {exc.reason or 'no reason given'}"
+                    ) from exc
+                event = protocol.receive(data)
+                if isinstance(event, AuthAccepted):
+                    return
+                if isinstance(event, AuthRejected):
+                    error = event.error
+                    if event.uuid_conflict:
+                        raise UuidConflict(
+                            str(error), server_message=error.server_message, close_code=1008
+                        )
+                    raise error
+                if isinstance(event, Unsolicited):
+                    on_unsolicited(event.frame)
+    except TimeoutError:
+        raise ConnectError(
+            f"no auth reply within {timeout:g} s; is this a TCM WebSocket endpoint?"
+        ) from None

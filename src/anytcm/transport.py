@@ -1,0 +1,83 @@
+"""The transport plugin interface: text frames over one WebSocket connection.
+
+A transport knows nothing of TCM. It opens a socket, sends and receives text messages, keeps
+the connection alive, and reports how it ended. Transport errors are translated here, at the
+boundary, into anytcm's error tree: `ConnectError`/`HandshakeRejected` while opening,
+`ConnectionLost` (with the close code, 1006 when no close frame came) once open.
+
+Transports are found through the `anytcm.transports` entry-point group; the built-in one,
+`websockets`, runs websockets' sans-IO `ClientProtocol` over anyio streams.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
+"""Replies have no size cap on the manager's side (contract §1): receive generously."""
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    """How to open and keep a connection.
+
+    `ssl_context` is used for `wss://` URLs; None means a default context that verifies the
+    certificate. Compression (permessage-deflate) is off by default: near the manager's 64 KiB
+    cap it doubles latency and client CPU, and the cap applies to the decompressed text anyway.
+    """
+
+    ssl_context: ssl.SSLContext | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    open_timeout: float = 10.0
+    ping_interval: float | None = 20.0
+    ping_timeout: float = 20.0
+    close_timeout: float = 5.0
+    compression: bool = False
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """One open WebSocket connection carrying text frames.
+
+    `receive` is called by one task at a time (the session's reader); `send_text` may be called
+    concurrently from several tasks. Keepalive pongs are noticed while `receive` is running.
+    """
+
+    async def send_text(self, data: bytes) -> None:
+        """Send one text message; `data` is UTF-8. Raises ConnectionLost if closed."""
+        ...
+
+    async def receive(self) -> bytes:
+        """The next text message as UTF-8 bytes. Raises ConnectionLost when the connection ends."""
+        ...
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        """Close with a close frame (bounded by close_timeout); idempotent."""
+        ...
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code once closed (1006 when no close frame was received), else None."""
+        ...
+
+    @property
+    def close_reason(self) -> str:
+        """The close reason once closed, else ''."""
+        ...
+
+
+class TransportFactory(Protocol):
+    """What an `anytcm.transports` entry point provides."""
+
+    name: str
+
+    def connect(
+        self, url: str, options: TransportOptions
+    ) -> AbstractAsyncContextManager[Transport]:
+        """Open a connection to a ws:// or wss:// URL; the context manager owns its tasks."""
+        ...

@@ -1,0 +1,284 @@
+"""The TCM wire contract as msgspec Structs: every frame, both directions (contract §2-§4, §6).
+
+Server frames decode once, into a tagged union on `type`. Decoding is forward compatible:
+unknown fields are ignored, and a frame of an unknown `type` decodes to `UnknownFrame` instead of
+failing, because a newer manager may add frames this client has never heard of.
+
+Inference reply `data` stays undecoded (`msgspec.Raw`) per output, so each output tensor is
+parsed straight into numpy by the tensor codec, with no intermediate Python lists.
+
+No I/O and no anyio here: this module is tested synchronously.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Literal, TypeAlias
+
+import msgspec
+
+# ------------------------------------------------------------------------------------------------
+# client -> server
+
+
+class AuthClientInfo(msgspec.Struct, omit_defaults=True):
+    """`payload.client`: only `roles` is ever read, and only by development-mode servers."""
+
+    roles: list[str] | None = None
+
+
+class AuthPayload(msgspec.Struct, omit_defaults=True):
+    """`auth` payload. Without `capability` the server answers with the legacy bare auth.ok."""
+
+    token: str | None = None
+    capability: list[str] | None = None
+    client: AuthClientInfo | None = None
+
+
+class InfoPayload(msgspec.Struct, omit_defaults=True):
+    """`info` payload; the server echoes `job_id` verbatim, which is how replies are matched."""
+
+    action: str
+    job_id: int | None = None
+
+
+class JsonTensor(msgspec.Struct):
+    """An input in the SDK form; `data` is nested to exactly `shape` (contract §4.3)."""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    data: Any
+
+
+class ManagerTensor(msgspec.Struct):
+    """An input in the manager's own form `{name, dims, type, value}`."""
+
+    name: str
+    dims: list[int]
+    type: str
+    value: Any
+
+
+class SHMReference(msgspec.Struct):
+    """An input in POSIX shared memory. All six keys are required for the server to see it."""
+
+    name: str
+    shm_key: str
+    offset: int
+    byte_size: int
+    shape: list[int]
+    dtype: str
+
+
+InputItem: TypeAlias = "JsonTensor | ManagerTensor | SHMReference | msgspec.Raw"
+"""An input as sent. `msgspec.Raw` holds an input already encoded by a carrier."""
+
+
+class InferenceOptions(msgspec.Struct, omit_defaults=True):
+    """`payload.request`."""
+
+    inputs: list[InputItem]
+    protocol: Literal["http", "grpc"] = "http"
+    allow_transient: bool = False
+    output_name: str | None = None
+
+
+class PipelineStep(msgspec.Struct, omit_defaults=True):
+    """One step of `payload.pipeline` (HTTP only; no output-to-input chaining)."""
+
+    model_name: str
+    inputs: list[InputItem]
+    name: str | None = None
+
+
+class InferencePayload(msgspec.Struct, omit_defaults=True):
+    """`inference` payload: a single model (`request`) or a `pipeline`."""
+
+    vm_ip: str
+    container_id: str
+    model_name: str | None = None
+    request: InferenceOptions | None = None
+    pipeline: list[PipelineStep] | None = None
+
+
+class ClientFrame(msgspec.Struct, tag_field="type", omit_defaults=True):
+    """Base of every client frame: the `uuid`, `type`, `payload` envelope (contract §2.1)."""
+
+    uuid: str
+
+
+class AuthFrame(ClientFrame, tag="auth"):
+    payload: AuthPayload
+
+
+class InfoFrame(ClientFrame, tag="info"):
+    payload: InfoPayload
+
+
+class ManagementFrame(ClientFrame, tag="management"):
+    """`request_id` is an extra top-level key: the server echoes the whole envelope (§4.2)."""
+
+    payload: dict[str, Any]
+    request_id: str
+
+
+class InferenceFrame(ClientFrame, tag="inference"):
+    payload: InferencePayload
+
+
+# ------------------------------------------------------------------------------------------------
+# server -> client
+
+
+class AuthOkPayload(msgspec.Struct):
+    capability: list[str] | None = None
+
+
+class AuthOk(msgspec.Struct, tag="auth.ok", tag_field="type"):
+    """Successful auth. `payload` is None for the legacy reply (no capability requested)."""
+
+    payload: AuthOkPayload | None = None
+
+
+class ErrorPayload(msgspec.Struct):
+    """Both error shapes (§6.1): `message` only, or a `code` with optional extra fields."""
+
+    message: str = ""
+    code: str | None = None
+    dropped_type: str | None = None
+    job_type: str | None = None
+    tenant_id: str | None = None
+
+
+class ErrorFrame(msgspec.Struct, tag="error", tag_field="type"):
+    payload: ErrorPayload
+
+
+class InfoResponsePayload(msgspec.Struct):
+    job_id: Any = None
+    request_type: str | None = None
+    status: str = "success"
+    data: Any = None
+    error: str | None = None
+
+
+class InfoResponse(msgspec.Struct, tag="info_response", tag_field="type"):
+    payload: InfoResponsePayload
+
+
+class ManagementResult(msgspec.Struct):
+    status: bool
+    data: Any = None
+
+
+class ManagementReply(msgspec.Struct, tag="management", tag_field="type"):
+    """The inbound envelope echoed, `payload` replaced by `{status, data}` (§4.2)."""
+
+    payload: ManagementResult
+    uuid: str | None = None
+    request_id: Any = None
+
+
+InferenceStatus: TypeAlias = Literal["START", "ONGOING", "COMPLETED", "FAILED"]
+
+
+class InferenceReplyPayload(msgspec.Struct):
+    """`data` per status: COMPLETED -> {output: value}; FAILED -> object or string;
+    ONGOING -> one string; START and streamed COMPLETED -> null."""
+
+    status: str
+    data: dict[str, msgspec.Raw] | str | None = None
+    model_name: str | None = None
+
+
+class InferenceReply(msgspec.Struct, tag="inference", tag_field="type"):
+    payload: InferenceReplyPayload
+    uuid: str | None = None
+
+
+class Alert(msgspec.Struct, tag="alert", tag_field="type"):
+    """Unsolicited backend state change; top-level fields, no payload."""
+
+    error_type: str | None = None
+    message: str = ""
+    timestamp: float | None = None
+
+
+class UnknownFrame(msgspec.Struct):
+    """A frame whose `type` this client does not know; kept whole for the caller to inspect."""
+
+    type: str | None
+    raw: dict[str, Any]
+
+
+ServerFrame: TypeAlias = (
+    "AuthOk | ErrorFrame | InfoResponse | ManagementReply | InferenceReply | Alert | UnknownFrame"
+)
+
+KNOWN_SERVER_TYPES: Final = frozenset(
+    {"auth.ok", "error", "info_response", "management", "inference", "alert"}
+)
+
+
+class FrameDecodeError(ValueError):
+    """A frame that is not a JSON object, or a known frame type with a malformed body."""
+
+
+class ServerFrameDecoder:
+    """Decodes server frames. One per connection; reuses msgspec decoders (they are not cheap)."""
+
+    def __init__(self) -> None:
+        # Annotated so mypy knows what decode() returns (a runtime union expression is Any).
+        self._typed: msgspec.json.Decoder[
+            AuthOk | ErrorFrame | InfoResponse | ManagementReply | InferenceReply | Alert
+        ] = msgspec.json.Decoder(
+            AuthOk | ErrorFrame | InfoResponse | ManagementReply | InferenceReply | Alert
+        )
+        self._generic = msgspec.json.Decoder(dict[str, Any])
+
+    def decode(self, data: bytes) -> ServerFrame:
+        try:
+            return self._typed.decode(data)
+        except msgspec.ValidationError as exc:
+            try:
+                generic = self._generic.decode(data)
+            except msgspec.DecodeError:
+                raise FrameDecodeError(f"server frame is not a JSON object: {exc}") from None
+            frame_type = generic.get("type")
+            if frame_type in KNOWN_SERVER_TYPES:
+                raise FrameDecodeError(f"malformed {frame_type!r} frame: {exc}") from None
+            return UnknownFrame(frame_type if isinstance(frame_type, str) else None, generic)
+        except msgspec.DecodeError as exc:
+            raise FrameDecodeError(f"server frame is not valid JSON: {exc}") from None
+
+
+class FailedObject(msgspec.Struct):
+    """A typed Triton error (FAILED `data` object, contract §6.2)."""
+
+    code: str
+    message: str = ""
+    retriable: bool = False
+    retry_after_seconds: float | None = None
+
+
+_raw_dict_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def decode_failed_object(data: dict[str, msgspec.Raw]) -> FailedObject:
+    """Rebuild a FAILED object from its undecoded fields."""
+    return msgspec.convert(
+        {k: msgspec.json.decode(v) for k, v in data.items()}, FailedObject, strict=False
+    )
+
+
+def decode_raw_dict(raw: msgspec.Raw) -> dict[str, msgspec.Raw]:
+    """One level of a nested object (pipeline replies are {step: {output: value}})."""
+    return _raw_dict_decoder.decode(raw)
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(frame: ClientFrame) -> bytes:
+    """Encode a client frame to the UTF-8 JSON text the manager reads."""
+    return _encoder.encode(frame)
