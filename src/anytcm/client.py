@@ -12,8 +12,8 @@ import ssl
 import sys
 import uuid as uuid_module
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -247,15 +247,26 @@ class AsyncClient:
             ),
         )
         self._frame_check(wire.encode(wire.InferenceFrame(uuid="x" * 64, payload=payload)), model)
-        completed = await self._retrying(
-            lambda: self._run_inference(payload, deadline, seconds), deadline, retry, model
-        )
+        with self._caller_timeout(seconds, f"inference of {model!r}"):
+            completed = await self._retrying(
+                lambda: self._run_inference(payload, deadline, seconds), deadline, retry, model
+            )
         return InferResult(
             completed.model_name,
             completed.outputs or {},
             dict(output_dtypes or {}),
             input_spec or self.model_spec(model, target),
         )
+
+    @contextmanager
+    def _caller_timeout(self, seconds: float, what: str) -> Iterator[None]:
+        """Report a timeout as the caller's own `timeout`, wherever it ran out."""
+        try:
+            yield
+        except RequestTimeout as exc:
+            raise RequestTimeout(
+                f"{what}: no result within the {seconds:g} s timeout ({exc})", timeout=seconds
+            ) from None
 
     async def _retrying(
         self,
@@ -374,9 +385,10 @@ class AsyncClient:
         self._frame_check(
             wire.encode(wire.InferenceFrame(uuid="x" * 64, payload=payload)), "pipeline"
         )
-        completed = await self._retrying(
-            lambda: self._run_inference(payload, deadline, seconds), deadline, None, "pipeline"
-        )
+        with self._caller_timeout(seconds, "pipeline"):
+            completed = await self._retrying(
+                lambda: self._run_inference(payload, deadline, seconds), deadline, None, "pipeline"
+            )
         results: dict[str, InferResult] = {}
         for key, raw in (completed.outputs or {}).items():
             model = next((s.model_name for s in wire_steps if (s.name or s.model_name) == key), key)
@@ -391,10 +403,11 @@ class AsyncClient:
     # -- info and management plumbing ------------------------------------------------
 
     async def _info(self, action: str, timeout: float | None) -> wire.InfoResponsePayload:
-        _, deadline = self._deadline(timeout)
-        return await self._retrying(
-            lambda: self._info_once(action, deadline), deadline, None, f"info {action!r}"
-        )
+        seconds, deadline = self._deadline(timeout)
+        with self._caller_timeout(seconds, f"info request {action!r}"):
+            return await self._retrying(
+                lambda: self._info_once(action, deadline), deadline, None, f"info {action!r}"
+            )
 
     async def _info_once(self, action: str, deadline: float) -> wire.InfoResponsePayload:
         while True:
@@ -409,8 +422,12 @@ class AsyncClient:
                 self._pool.slot_freed()
 
     async def _management(self, payload: dict[str, Any], timeout: float | None) -> Any:
-        _, deadline = self._deadline(timeout)
+        seconds, deadline = self._deadline(timeout)
         action = str(payload.get("action"))
+        with self._caller_timeout(seconds, f"management action {action!r}"):
+            return await self._management_once(payload, action, deadline)
+
+    async def _management_once(self, payload: dict[str, Any], action: str, deadline: float) -> Any:
         while True:
             session = await self._pool.pick(
                 lambda s: s.protocol.management_ready, deadline, f"management action {action!r}"
@@ -474,7 +491,10 @@ class InferStream:
         if self._session is not None or self._done:
             return
         while True:
-            session = await self._client._pool.checkout(self._deadline)
+            with self._client._caller_timeout(
+                self._seconds, f"stream of {self._payload.model_name!r}"
+            ):
+                session = await self._client._pool.checkout(self._deadline)
             frame, frames = session.open_stream(self._payload)
             self._session, self._frames = session, frames
             self._finalizer.detach()
@@ -532,6 +552,9 @@ class InferStream:
     def _release(self) -> None:
         session, self._session = self._session, None
         self._finalizer.detach()
+        if self._frames is not None:
+            self._frames.close()
+            self._frames = None
         if session is not None:
             self._client._pool.checkin(session)
 
@@ -760,7 +783,10 @@ async def connect(
             finally:
                 pool.close()
     except BaseExceptionGroup as group:
-        raise _single(group) from None
+        error = _single(group)
+        if error is group:
+            raise
+        raise error from error.__cause__  # the one real error, with its own cause kept
 
 
 def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -134,6 +134,8 @@ class Pool:
             else:
                 task_status.started()
         if failure is not None:
+            if failure is not self._fatal and isinstance(self._last_failure, Exception):
+                raise failure from self._last_failure  # e.g. NotReady with reason and error_id
             raise failure
 
     def close(self) -> None:
@@ -285,7 +287,7 @@ class Pool:
                     raise RequestTimeout(
                         "no connection became free before the deadline "
                         f"({self.settings.size} connections, all busy or reconnecting)",
-                        timeout=deadline,
+                        timeout=max(0.0, deadline - anyio.current_time()),
                     ) from None
                 raise
             if waiter.error is not None:
@@ -350,7 +352,7 @@ class Pool:
                 raise RequestTimeout(
                     f"no connection could take the {what} before the deadline "
                     f"(last failure: {self._last_failure})",
-                    timeout=deadline,
+                    timeout=max(0.0, deadline - anyio.current_time()),
                 ) from None
 
     def slot_freed(self) -> None:

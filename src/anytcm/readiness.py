@@ -91,7 +91,7 @@ class ReadinessGate:
             try:
                 response = await http.get("/ready")
             except httpx.HTTPError as exc:
-                return ReadyState(False, None, {}, False, f"GET /ready failed: {exc!r}")
+                return ReadyState(False, None, {}, False, f"GET /ready failed: {_describe(exc)}")
             body = _json_object(response)
             if response.status_code == 200:
                 return ReadyState(True, 200, body, True, "ready")
@@ -107,6 +107,19 @@ class ReadinessGate:
             )
             logger.warning("manager not ready: %s", detail)
             return ReadyState(False, response.status_code, body, process_up, detail)
+
+
+def _describe(exc: BaseException) -> str:
+    """An error with the causes behind it: httpx errors can be empty (e.g. on trio), while the
+    cause (a refused connection, an untrusted certificate) is what the user needs to read."""
+    parts: list[str] = []
+    current: BaseException | None = exc
+    while current is not None and len(parts) < 4:
+        parts.append(
+            f"{type(current).__name__}: {current}" if str(current) else type(current).__name__
+        )
+        current = current.__cause__ or current.__context__
+    return " <- ".join(parts)
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:

@@ -152,6 +152,7 @@ class Session:
             if self._stream is not None:
                 self._stream.send_nowait(event)  # unbounded: the reader never blocks
                 if isinstance(event, InferenceCompleted):
+                    self._stream.close()  # the receiver still drains what was sent
                     self._stream = None
             elif self._inference is not None and isinstance(event, InferenceCompleted):
                 self._inference.resolve(event)
@@ -183,6 +184,7 @@ class Session:
         if event.kind == "inference":
             if self._stream is not None:
                 self._stream.send_nowait(event.error)
+                self._stream.close()
                 self._stream = None
             elif self._inference is not None:
                 self._inference.resolve(error=event.error)
@@ -338,16 +340,20 @@ async def open_session(
     async with factory.connect(url, options) as transport:
         await _authenticate(transport, protocol, auth_timeout, on_unsolicited)
         session = Session(protocol, transport, on_unsolicited)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(session.read_forever)
-            try:
-                yield session
-            finally:
-                tg.cancel_scope.cancel()
-        if not session.closed.is_set():
-            session._lose(ConnectionLost("connection closed by the client", close_code=1000))
-        with anyio.CancelScope(shield=True):
-            await transport.aclose()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(session.read_forever)
+                try:
+                    yield session
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            # Also when the block is cancelled (the client closing): every request still
+            # waiting on this connection must end now, not at its own deadline.
+            if not session.closed.is_set():
+                session._lose(ConnectionLost("connection closed by the client", close_code=1000))
+            with anyio.CancelScope(shield=True):
+                await transport.aclose()
 
 
 async def _authenticate(

@@ -202,6 +202,10 @@ def encode_input(name: str, array: ArrayLike, datatype: str | None = None) -> by
     :raises InvalidInput: for a value JSON cannot carry, a lossy cast or an unsupported dtype;
         ``expected``/``given`` hold the two sides.
     """
+    if datatype is None and type(array) is np.ndarray and type(name) is str:
+        fast = _encode_small(name, array)
+        if fast is not None:
+            return fast
     if not isinstance(name, str):
         raise InvalidInput(
             f"input names are strings, got {name!r}", expected="str", given=type(name).__name__
@@ -232,6 +236,39 @@ def encode_input(name: str, array: ArrayLike, datatype: str | None = None) -> by
             expected="UTF-8 text",
             given=str(exc),
         ) from None
+
+
+# Perf: the dtypes whose arrays go straight to orjson, by numpy dtype (native byte order).
+_FAST_DATATYPES: Final[dict[np.dtype[Any], str]] = {
+    np.dtype(np.bool_): "BOOL",
+    np.dtype(np.int8): "INT8",
+    np.dtype(np.int16): "INT16",
+    np.dtype(np.int32): "INT32",
+    np.dtype(np.int64): "INT64",
+    np.dtype(np.uint8): "UINT8",
+    np.dtype(np.uint16): "UINT16",
+    np.dtype(np.uint32): "UINT32",
+    np.dtype(np.uint64): "UINT64",
+    np.dtype(np.float16): "FP16",
+    np.dtype(np.float32): "FP32",
+    np.dtype(np.float64): "FP64",
+}
+
+
+def _encode_small(name: str, arr: npt.NDArray[Any]) -> bytes | None:
+    """The common case in one step: a non-empty, C-ordered numeric array, no datatype given.
+
+    Returns None whenever anything needs the general path (which also gives the errors).
+    Most requests carry small tensors, where the general path's checks cost more than orjson.
+    """
+    datatype = _FAST_DATATYPES.get(arr.dtype)
+    if datatype is None or arr.ndim == 0 or arr.size == 0 or not arr.flags.c_contiguous:
+        return None
+    if arr.dtype.kind == "f" and np.isinf(arr).any():
+        return None
+    return orjson.dumps(
+        {"name": name, "shape": list(arr.shape), "datatype": datatype, "data": arr}, option=_OPT
+    )
 
 
 def _input_array(name: str, array: ArrayLike, target: np.dtype[Any] | None) -> npt.NDArray[Any]:
@@ -435,6 +472,23 @@ def decode_output(
     """
     text = _as_bytes(raw).strip()
     target = _target_dtype(dtype)
+    if (
+        target is not None
+        and target in (_F32, _F64)
+        and shape is None
+        and len(text) <= _SMALL_TEXT
+        and not text.translate(None, _PLAIN_NUMBER_BYTES)
+    ):
+        # Perf: a small list of plain decimals (no exponent: no overflow; no quotes or
+        # true/false: nothing numpy would convert silently) goes through numpy in one call.
+        try:
+            small = np.asarray(orjson.loads(text), dtype=target)
+        except (ValueError, TypeError, orjson.JSONDecodeError):
+            pass  # ragged, empty or malformed: the general path explains
+        else:
+            # float32 overflow (a 39+ digit literal) becomes inf silently: not on this path.
+            if small.ndim and not (target == _F32 and np.isinf(small).any()):
+                return small
     if not text:
         raise InvalidInput("an output value is empty, not JSON", expected="JSON", given=raw)
     arr: npt.NDArray[Any] | None = None
@@ -454,6 +508,12 @@ def decode_output(
     if shape is not None:
         arr = _apply_shape(arr, shape)
     return arr
+
+
+_SMALL_TEXT: Final = 4096
+_F32: Final = np.dtype(np.float32)
+_F64: Final = np.dtype(np.float64)
+_PLAIN_NUMBER_BYTES: Final = b"0123456789[],.- \t\r\nul"  # digits, lists, null
 
 
 def _as_bytes(raw: RawJSON) -> bytes:
