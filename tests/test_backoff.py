@@ -154,3 +154,49 @@ def test_delays_are_always_within_zero_and_cap(
         delay = b.next_delay()
         assert 0.0 <= delay <= ceiling
         previous_ceiling = ceiling
+
+
+# -- the supervisor really follows the backoff (no clock: the sleep is injected) ---------------
+
+
+@pytest.mark.anyio
+async def test_supervisor_waits_the_backoff_sequence_between_attempts() -> None:
+    """Nothing listens: each attempt fails, and the waits are exactly the backoff's delays."""
+    import socket
+
+    import anyio
+
+    from anytcm._ws_transport import WebsocketsTransportFactory
+    from anytcm.errors import ConnectError
+    from anytcm.pool import Pool, PoolSettings
+    from anytcm.transport import TransportOptions
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    waits: list[float] = []
+
+    async def record(delay: float) -> None:
+        waits.append(delay)
+        if len(waits) >= 6:
+            await anyio.sleep_forever()  # enough attempts seen
+
+    settings = PoolSettings(
+        url=f"ws://127.0.0.1:{port}/ws",
+        size=1,
+        base_uuid="backoff-test",
+        token=None,
+        capabilities=None,
+        roles=None,
+        max_waiting=0,
+        connect_timeout=2.0,
+        auth_timeout=1.0,
+        ready_check=False,
+        stale_grace=1.0,
+        backoff=lambda: Backoff(base=0.1, factor=2.0, cap=0.5, uniform=lambda lo, hi: hi),
+        sleep=record,
+    )
+    pool = Pool(settings, WebsocketsTransportFactory(), TransportOptions(), lambda f: None, None)
+    with pytest.raises(ConnectError, match="no connection"):
+        await pool.run()
+    assert waits[:6] == [0.1, 0.2, 0.4, 0.5, 0.5, 0.5]

@@ -12,8 +12,8 @@ import ssl
 import sys
 import uuid as uuid_module
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -24,6 +24,7 @@ import numpy.typing as npt
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import wire
+from .backoff import Backoff
 from .errors import (
     ClientClosed,
     InvalidInput,
@@ -201,16 +202,20 @@ class AsyncClient:
             for name, array in arrays.items()
         ]
 
-    def _frame_check(self, frame: bytes, model: str) -> None:
-        if len(frame) > self._max_frame_bytes:
+    def _encode_checked(self, payload: wire.InferencePayload, model: str) -> msgspec.Raw:
+        """Encode the payload once and refuse it, unsent, if its frame would exceed the cap."""
+        raw = wire.encode_payload(payload)
+        size = len(raw) + wire.INFERENCE_ENVELOPE_BYTES + self._pool.uuid_bytes_bound
+        if size > self._max_frame_bytes:
             raise PayloadTooLarge(
-                f"the inference request for {model!r} is {len(frame)} bytes of JSON, over the "
+                f"the inference request for {model!r} is {size} bytes of JSON, over the "
                 f"manager's {self._max_frame_bytes}-byte frame cap (it would close the connection "
                 "with 1009); nothing was sent. Send large tensors through shared memory "
                 "(the 'shm' carrier), or split the batch",
-                size=len(frame),
+                size=size,
                 limit=self._max_frame_bytes,
             )
+        return raw
 
     async def infer(
         self,
@@ -246,27 +251,19 @@ class AsyncClient:
                 allow_transient=allow_transient,
             ),
         )
-        self._frame_check(wire.encode(wire.InferenceFrame(uuid="x" * 64, payload=payload)), model)
-        with self._caller_timeout(seconds, f"inference of {model!r}"):
+        raw = self._encode_checked(payload, model)
+        try:
             completed = await self._retrying(
-                lambda: self._run_inference(payload, deadline, seconds), deadline, retry, model
+                lambda: self._run_inference(raw, deadline, model), deadline, retry, model
             )
+        except RequestTimeout as exc:
+            raise _caller_timeout(exc, seconds, f"inference of {model!r}") from None
         return InferResult(
             completed.model_name,
             completed.outputs or {},
             dict(output_dtypes or {}),
             input_spec or self.model_spec(model, target),
         )
-
-    @contextmanager
-    def _caller_timeout(self, seconds: float, what: str) -> Iterator[None]:
-        """Report a timeout as the caller's own `timeout`, wherever it ran out."""
-        try:
-            yield
-        except RequestTimeout as exc:
-            raise RequestTimeout(
-                f"{what}: no result within the {seconds:g} s timeout ({exc})", timeout=seconds
-            ) from None
 
     async def _retrying(
         self,
@@ -305,17 +302,15 @@ class AsyncClient:
                 await anyio.sleep(wait)
 
     async def _run_inference(
-        self, payload: wire.InferencePayload, deadline: float, seconds: float
+        self, payload: msgspec.Raw, deadline: float, model: str
     ) -> InferenceCompleted:
         while True:
             session = await self._pool.checkout(deadline)
             try:
                 remaining = deadline - anyio.current_time()
                 if remaining <= 0:
-                    raise RequestTimeout(
-                        f"no free connection within {seconds:g} s", timeout=seconds
-                    )
-                return await session.infer(payload, remaining)
+                    raise RequestTimeout("no time left after waiting for a connection", timeout=0.0)
+                return await session.infer(payload, remaining, f"inference of {model!r}")
             except NotSent:
                 continue  # the connection ended before anything was written: try another
             finally:
@@ -350,8 +345,8 @@ class AsyncClient:
                 output_name=output_name,
             ),
         )
-        self._frame_check(wire.encode(wire.InferenceFrame(uuid="x" * 64, payload=payload)), model)
-        return InferStream(self, payload, deadline, seconds, idle_timeout)
+        raw = self._encode_checked(payload, model)
+        return InferStream(self, raw, model, deadline, seconds, idle_timeout)
 
     async def pipeline(
         self,
@@ -382,13 +377,13 @@ class AsyncClient:
         payload = wire.InferencePayload(
             vm_ip=target.vm_ip, container_id=target.container_id, pipeline=wire_steps
         )
-        self._frame_check(
-            wire.encode(wire.InferenceFrame(uuid="x" * 64, payload=payload)), "pipeline"
-        )
-        with self._caller_timeout(seconds, "pipeline"):
+        raw = self._encode_checked(payload, "pipeline")
+        try:
             completed = await self._retrying(
-                lambda: self._run_inference(payload, deadline, seconds), deadline, None, "pipeline"
+                lambda: self._run_inference(raw, deadline, "pipeline"), deadline, None, "pipeline"
             )
+        except RequestTimeout as exc:
+            raise _caller_timeout(exc, seconds, "pipeline") from None
         results: dict[str, InferResult] = {}
         for key, raw in (completed.outputs or {}).items():
             model = next((s.model_name for s in wire_steps if (s.name or s.model_name) == key), key)
@@ -404,10 +399,12 @@ class AsyncClient:
 
     async def _info(self, action: str, timeout: float | None) -> wire.InfoResponsePayload:
         seconds, deadline = self._deadline(timeout)
-        with self._caller_timeout(seconds, f"info request {action!r}"):
+        try:
             return await self._retrying(
                 lambda: self._info_once(action, deadline), deadline, None, f"info {action!r}"
             )
+        except RequestTimeout as exc:
+            raise _caller_timeout(exc, seconds, f"info request {action!r}") from None
 
     async def _info_once(self, action: str, deadline: float) -> wire.InfoResponsePayload:
         while True:
@@ -424,8 +421,10 @@ class AsyncClient:
     async def _management(self, payload: dict[str, Any], timeout: float | None) -> Any:
         seconds, deadline = self._deadline(timeout)
         action = str(payload.get("action"))
-        with self._caller_timeout(seconds, f"management action {action!r}"):
+        try:
             return await self._management_once(payload, action, deadline)
+        except RequestTimeout as exc:
+            raise _caller_timeout(exc, seconds, f"management action {action!r}") from None
 
     async def _management_once(self, payload: dict[str, Any], action: str, deadline: float) -> Any:
         while True:
@@ -456,13 +455,15 @@ class InferStream:
     def __init__(
         self,
         client: AsyncClient,
-        payload: wire.InferencePayload,
+        payload: msgspec.Raw,
+        model: str,
         deadline: float,
         seconds: float,
         idle_timeout: float | None,
     ) -> None:
         self._client = client
         self._payload = payload
+        self._model = model
         self._deadline = deadline
         self._seconds = seconds
         self._idle_timeout = idle_timeout
@@ -491,10 +492,10 @@ class InferStream:
         if self._session is not None or self._done:
             return
         while True:
-            with self._client._caller_timeout(
-                self._seconds, f"stream of {self._payload.model_name!r}"
-            ):
+            try:
                 session = await self._client._pool.checkout(self._deadline)
+            except RequestTimeout as exc:
+                raise _caller_timeout(exc, self._seconds, f"stream of {self._model!r}") from None
             frame, frames = session.open_stream(self._payload)
             self._session, self._frames = session, frames
             self._finalizer.detach()
@@ -523,7 +524,7 @@ class InferStream:
             self._abandon()
             what = f"within {self._seconds:g} s" if overall else f"for {self._idle_timeout:g} s"
             raise RequestTimeout(
-                f"the stream of {self._payload.model_name!r} sent nothing {what}",
+                f"the stream of {self._model!r} sent nothing {what}",
                 timeout=self._seconds if overall else (self._idle_timeout or 0.0),
             ) from None
         except anyio.EndOfStream:
@@ -562,6 +563,13 @@ class InferStream:
         """Stop reading; an unfinished stream's connection is held until its end arrives."""
         if not self._done:
             self._abandon()
+
+
+def _caller_timeout(exc: RequestTimeout, seconds: float, what: str) -> RequestTimeout:
+    """A timeout reported as the caller's own `timeout`, wherever inside it ran out."""
+    return RequestTimeout(
+        f"{what}: no result within the {seconds:g} s timeout ({exc})", timeout=seconds
+    )
 
 
 def _release_stream(pool: Pool, holder: list[Session | None]) -> None:
@@ -729,6 +737,7 @@ async def connect(
     ready_check: bool = True,
     stale_grace: float = 5.0,
     retry: RetryPolicy | None = None,
+    backoff: Callable[[], Backoff] | None = None,
     transport: str | TransportFactory = "websockets",
 ) -> AsyncIterator[AsyncClient]:
     """Connect to a TCM manager: `async with anytcm.connect("ws://host:8000/ws") as client:`.
@@ -737,6 +746,8 @@ async def connect(
     reconnect after failures, in the background. `timeout` is the default deadline of each call.
     `uuid` is the base from which each connection's uuid is derived (random by default).
     `capabilities` are requested in auth (None: the legacy auth without negotiation).
+    `backoff` makes the reconnect backoff of each connection (default: `Backoff()`, full
+    jitter from 0.1 s doubling to 10 s); `retry` is the default RetryPolicy of each call.
     """
     if pool_size < 1:
         raise ValueError("pool_size must be at least 1")
@@ -754,6 +765,7 @@ async def connect(
         auth_timeout=min(10.0, connect_timeout),
         ready_check=ready_check,
         stale_grace=stale_grace,
+        backoff=backoff or Backoff,
     )
     options = TransportOptions(
         ssl_context=ssl_context,

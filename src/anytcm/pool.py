@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -59,6 +59,8 @@ class PoolSettings:
     stale_grace: float
     drain_limit: float = 60.0  # longest wait for a quarantined session's other requests
     backoff: Callable[[], Backoff] = field(default=Backoff)
+    # How the supervisor waits between attempts; injectable so tests need no clock.
+    sleep: Callable[[float], Awaitable[None]] = field(default=anyio.sleep)
 
 
 @dataclass(eq=False)
@@ -187,7 +189,7 @@ class Pool:
                 delay,
                 extra={"uuid": uuid, "delay": delay, "reason": str(failure)},
             )
-            await anyio.sleep(delay)
+            await self.settings.sleep(delay)
 
     async def _serve_one(self, uuid: str, backoff: Backoff, slot: int) -> ConnectionLost | None:
         """One physical connection, from readiness check to its end."""
@@ -246,6 +248,11 @@ class Pool:
             waiter.error = error
             waiter.event.set()
         self._notify()
+
+    @property
+    def uuid_bytes_bound(self) -> int:
+        """The longest uuid a connection of this pool will use (for frame-size checks)."""
+        return len(self.settings.base_uuid) + 2 * 10 + 2  # "-<slot>-<generation>"
 
     def _stopped(self) -> bool:
         return self._closing

@@ -208,7 +208,7 @@ class ClientProtocol:
     def inference_abandoned(self) -> bool:
         return self._inference == "abandoned"
 
-    def send_inference(self, payload: wire.InferencePayload) -> bytes:
+    def send_inference(self, payload: wire.InferencePayload | msgspec.Raw) -> bytes:
         self._require_open()
         if self._inference != "idle":
             raise ProtocolStateError(

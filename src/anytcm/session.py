@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import wire
@@ -38,8 +39,6 @@ from .protocol import (
 from .transport import Transport, TransportFactory, TransportOptions
 
 logger = logging.getLogger("anytcm.session")
-
-SEND_TIMEOUT = 30.0  # a send that cannot finish in this long means the peer stopped reading
 
 
 class UuidConflict(AuthError):
@@ -207,15 +206,10 @@ class Session:
                 close_code=self.close_error.close_code,
                 reason=self.close_error.reason,
             )
-        # A cancelled half-written frame would corrupt the stream for everyone: never cancel a
-        # send midway. A send that cannot finish means the peer stopped reading: drop the socket.
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + SEND_TIMEOUT
-            await self._transport.send_text(frame)
-        if scope.cancelled_caught:
-            await self.abort("a send did not complete in time: the manager stopped reading")
-            assert self.close_error is not None
-            raise self.close_error
+        # No shield here (it costs more than the write): the transport raises a pending
+        # cancellation before writing anything, and fails the connection if a write is cut
+        # part-way, so a half-written frame can never be followed by another frame.
+        await self._transport.send_text(frame)
 
     async def abort(self, reason: str) -> None:
         """Give up on this connection (closing it fails everything pending)."""
@@ -248,7 +242,9 @@ class Session:
 
     # -- requests ------------------------------------------------------------------
 
-    async def infer(self, payload: wire.InferencePayload, timeout: float) -> InferenceCompleted:
+    async def infer(
+        self, payload: wire.InferencePayload | msgspec.Raw, timeout: float, what: str = "inference"
+    ) -> InferenceCompleted:
         """One HTTP-protocol inference (a single COMPLETED or FAILED frame)."""
         frame = self.protocol.send_inference(payload)
         waiter = _Waiter(anyio.Event())
@@ -256,7 +252,7 @@ class Session:
         try:
             await self._send(frame)
             result: InferenceCompleted = await self._wait(
-                waiter, timeout, f"inference of {payload.model_name!r}", self._abandon_inference
+                waiter, timeout, what, self._abandon_inference
             )
             return result
         finally:
@@ -267,7 +263,7 @@ class Session:
         self.protocol.abandon_inference()
 
     def open_stream(
-        self, payload: wire.InferencePayload
+        self, payload: wire.InferencePayload | msgspec.Raw
     ) -> tuple[bytes, MemoryObjectReceiveStream[StreamItem]]:
         """Start a streamed inference; frames arrive on the returned stream until COMPLETED."""
         frame = self.protocol.send_inference(payload)

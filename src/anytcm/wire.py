@@ -123,7 +123,10 @@ class ManagementFrame(ClientFrame, tag="management"):
 
 
 class InferenceFrame(ClientFrame, tag="inference"):
-    payload: InferencePayload
+    """`payload` may be pre-encoded (`msgspec.Raw`): the client encodes it once, checks its size
+    against the manager's frame cap, and sends those same bytes."""
+
+    payload: InferencePayload | msgspec.Raw
 
 
 # ------------------------------------------------------------------------------------------------
@@ -282,3 +285,14 @@ _encoder = msgspec.json.Encoder()
 def encode(frame: ClientFrame) -> bytes:
     """Encode a client frame to the UTF-8 JSON text the manager reads."""
     return _encoder.encode(frame)
+
+
+def encode_payload(payload: InferencePayload) -> msgspec.Raw:
+    """An inference payload encoded once, to be sized and then sent as is."""
+    return msgspec.Raw(_encoder.encode(payload))
+
+
+INFERENCE_ENVELOPE_BYTES: Final = (
+    len(_encoder.encode(InferenceFrame(uuid="", payload=msgspec.Raw(b"{}")))) - 2
+)
+"""Bytes an inference frame adds around its payload, besides the uuid itself."""
