@@ -13,12 +13,15 @@ nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
 PROJECT = nox.project.load_toml("pyproject.toml")
+# The plugins ship as their own distributions (as a third party's would) and are tested here.
+PLUGINS = ("plugins/anytcm-zstd",)
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the whole test suite (every async test on asyncio and on trio)."""
-    session.install("-e", ".", *nox.project.dependency_groups(PROJECT, "test"))
+    """Run the whole test suite (every async test on asyncio and on trio), plugins included."""
+    editable = [arg for path in PLUGINS for arg in ("-e", path)]
+    session.install("-e", ".", *editable, *nox.project.dependency_groups(PROJECT, "test"))
     session.run("pytest", *session.posargs)
 
 
@@ -33,5 +36,9 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package, the tests and this file."""
-    session.install("-e", ".", *nox.project.dependency_groups(PROJECT, "typecheck"))
+    editable = [arg for path in PLUGINS for arg in ("-e", path)]
+    session.install("-e", ".", *editable, *nox.project.dependency_groups(PROJECT, "typecheck"))
     session.run("mypy")
+    # Each plugin's tests on their own: every tests/ folder has a conftest module of that name.
+    for path in PLUGINS:
+        session.run("mypy", f"{path}/tests")

@@ -174,7 +174,7 @@ async def test_payload_too_large_is_refused_before_sending(manager: ReferenceMan
         await infer_double(client, f32(1.0))  # the frame counter exists from here on
         before = await _frames(manager)
         with pytest.raises(anytcm.PayloadTooLarge) as caught:
-            await client.infer("double", {"INPUT0": big}, target=REF)
+            await client.infer("double", {"INPUT0": big}, target=REF, carrier="json")
         error = caught.value
         assert error.limit == 65536
         assert error.size > error.limit

@@ -7,7 +7,9 @@ Every call has a deadline (`timeout`), because the manager answers some failures
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import os
 import ssl
 import sys
 import uuid as uuid_module
@@ -16,16 +18,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
 import msgspec
 import numpy as np
-import numpy.typing as npt
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import wire
 from .backoff import Backoff
+from .carrier import CarrierContext, InputTensor, Staged, StagedInputs
 from .errors import (
+    CarrierUnavailable,
     ClientClosed,
     InvalidInput,
     ManagementFailed,
@@ -33,6 +37,7 @@ from .errors import (
     RequestTimeout,
     TcmError,
 )
+from .plugins import carrier_names, load_carrier
 from .pool import Pool, PoolSettings
 from .protocol import InferenceCompleted, InferenceProgress
 from .readiness import ReadinessGate
@@ -77,10 +82,12 @@ class AsyncClient:
         timeout: float,
         max_frame_bytes: int,
         retry: RetryPolicy,
+        same_host: bool,
     ) -> None:
         self._pool = pool
         self._timeout = timeout
         self._retry = retry
+        self._same_host = same_host
         self.retries = 0
         self._max_frame_bytes = max_frame_bytes
         self._specs: dict[tuple[str, Target | None], ModelSpec] = {}
@@ -161,11 +168,11 @@ class AsyncClient:
 
     # -- inference ------------------------------------------------------------------
 
-    def _build_inputs(
+    def _collect(
         self, model: str, inputs: Inputs, target: Target, input_spec: ModelSpec | None
-    ) -> list[wire.InputItem]:
-        arrays: dict[str, npt.NDArray[Any]] = {}
-        datatypes: dict[str, str | None] = {}
+    ) -> tuple[list[InputTensor], list[wire.SHMReference]]:
+        """The caller's inputs as tensors to stage, or SHM references the caller staged."""
+        tensors: dict[str, InputTensor] = {}
         shm: list[wire.SHMReference] = []
         if isinstance(inputs, Mapping):
             items: Sequence[Any] = [Tensor(name, value) for name, value in inputs.items()]
@@ -175,32 +182,105 @@ class AsyncClient:
             if isinstance(item, wire.SHMReference):
                 shm.append(item)
             elif isinstance(item, Tensor):
-                if item.name in arrays:
+                if item.name in tensors:
                     raise InvalidInput(f"input {item.name!r} is given twice")
-                arrays[item.name] = (
-                    np.asarray(item.data) if not isinstance(item.data, np.ndarray) else item.data
-                )
-                datatypes[item.name] = item.datatype
+                data = item.data if isinstance(item.data, np.ndarray) else np.asarray(item.data)
+                tensors[item.name] = InputTensor(item.name, data, item.datatype)
             else:
                 raise InvalidInput(
                     f"inputs must map names to arrays, or be a list of Tensor/SHMReference; "
                     f"got {type(item).__name__}"
                 )
-        if shm and arrays:
+        if shm and tensors:
             raise InvalidInput(
                 "mixing shared-memory and JSON inputs in one request is refused: the manager "
-                f"silently drops the JSON ones ({sorted(arrays)}); send every input through shm",
-                given={"shm": [r.name for r in shm], "json": sorted(arrays)},
+                f"silently drops the JSON ones ({sorted(tensors)}); send every input through shm",
+                given={"shm": [r.name for r in shm], "json": sorted(tensors)},
             )
         spec = input_spec or self.model_spec(model, target)
-        if spec is not None and arrays:
-            spec.check(model, input_signature(arrays, datatypes))
+        if spec is not None and tensors:
+            spec.check(
+                model,
+                input_signature(
+                    {n: t.array for n, t in tensors.items()},
+                    {n: t.datatype for n, t in tensors.items()},
+                ),
+            )
+        return list(tensors.values()), shm
+
+    def _json_items(
+        self, model: str, inputs: Inputs, target: Target, where: str
+    ) -> list[wire.InputItem]:
+        """Inline JSON inputs, for requests that take no other carrier here."""
+        tensors, shm = self._collect(model, inputs, target, None)
         if shm:
-            return list(shm)
-        return [
-            msgspec.Raw(encode_input(name, array, datatypes[name]))
-            for name, array in arrays.items()
-        ]
+            raise CarrierUnavailable(
+                f"{where} take inline JSON inputs only here (the manager refuses shared memory "
+                "for gRPC streams); pass arrays instead of SHMReference items",
+                carrier="shm",
+                reason=f"not supported for {where}",
+            )
+        return [msgspec.Raw(encode_input(t.name, t.array, t.datatype)) for t in tensors]
+
+    def _carrier_names(self, carrier: str | Sequence[str], *, stream: bool) -> list[str]:
+        """A preference order; "auto" is json, then shm (shm never for gRPC streams)."""
+        wanted = [carrier] if isinstance(carrier, str) else list(carrier)
+        names: list[str] = []
+        for name in wanted:
+            expanded = (["json"] if stream else ["json", "shm"]) if name == "auto" else [name]
+            names.extend(n for n in expanded if n not in names)
+        return names
+
+    async def _stage(
+        self,
+        model: str,
+        tensors: list[InputTensor],
+        carrier: str | Sequence[str],
+        build: Callable[[Sequence[wire.InputItem]], msgspec.Raw],
+        *,
+        stream: bool,
+    ) -> tuple[StagedInputs, msgspec.Raw]:
+        """Stage the inputs with the first usable carrier; returns them and the sized payload.
+
+        A carrier is usable when the manager granted its capability (and, for json, when the
+        frame fits the manager's cap). The caller must `release()` what this returns.
+        """
+        names = self._carrier_names(carrier, stream=stream)
+        context = CarrierContext(self.granted_capabilities, self._same_host, self._max_frame_bytes)
+        reasons: list[str] = []
+        too_large: PayloadTooLarge | None = None
+        for index, name in enumerate(names):
+            last = index == len(names) - 1
+            plugin = load_carrier(name)
+            reason = plugin.unavailable_reason(context)
+            if reason is None and stream and name == "shm":
+                reason = "gRPC streaming does not accept shared-memory inputs (contract §9)"
+            if reason is not None:
+                reasons.append(f"{name}: {reason}")
+                continue
+            if name == "json" and not last and _surely_over(tensors, self._max_frame_bytes):
+                reasons.append(f"json: the tensors cannot fit the {self._max_frame_bytes}-byte cap")
+                continue
+            staged = await plugin.stage(tensors)
+            try:
+                return staged, build(staged.items)
+            except PayloadTooLarge as exc:
+                staged.release()
+                if last:
+                    raise
+                too_large = exc
+                reasons.append(f"{name}: {exc.size} bytes, over the {exc.limit}-byte frame cap")
+            except BaseException:
+                staged.release()
+                raise
+        if too_large is not None and all(r.startswith("json") for r in reasons):
+            raise too_large
+        raise CarrierUnavailable(
+            f"no carrier can send the inputs of {model!r} ({'; '.join(reasons)}). Small "
+            "tensors go inline as json; large ones need shared memory on the manager's host",
+            carrier=",".join(names),
+            reason="; ".join(reasons),
+        )
 
     def _encode_checked(self, payload: wire.InferencePayload, model: str) -> msgspec.Raw:
         """Encode the payload once and refuse it, unsent, if its frame would exceed the cap."""
@@ -229,35 +309,47 @@ class AsyncClient:
         input_spec: ModelSpec | None = None,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        carrier: str | Sequence[str] = "auto",
     ) -> InferResult:
         """Run one inference and return its outputs.
 
         `inputs` maps input names to numpy arrays (or anything `numpy.asarray` takes), or is a
-        list of `Tensor` / `SHMReference`. Raises `InferenceFailed` (typed error from Triton),
-        `ContractError` (the manager rejected the request's form), `PayloadTooLarge` (not sent),
-        `InvalidInput` (not sent), `Backpressure`, `RequestTimeout`, `ConnectionLost`.
+        list of `Tensor` / `SHMReference`. `carrier` says how tensors travel: "auto" (json when
+        the frame fits the manager's 64 KiB cap, else shared memory when granted and on the same
+        host), a carrier name ("json", "shm", a plugin's), or a preference list such as
+        `("zstd", "auto")`. Raises `InferenceFailed` (typed error from Triton), `ContractError`
+        (the manager rejected the request's form), `PayloadTooLarge`, `InvalidInput`,
+        `CarrierUnavailable` (all not sent), `Backpressure`, `RequestTimeout`, `ConnectionLost`.
         Failures the retry policy deems safe (connection loss, backpressure NACKs, ...) are
         retried within the same deadline.
         """
         if protocol != "http":
             raise ValueError("infer() is for protocol='http'; use infer_stream() for 'grpc'")
         seconds, deadline = self._deadline(timeout)
-        payload = wire.InferencePayload(
-            vm_ip=target.vm_ip,
-            container_id=target.container_id,
-            model_name=model,
-            request=wire.InferenceOptions(
-                inputs=self._build_inputs(model, inputs, target, input_spec),
-                allow_transient=allow_transient,
-            ),
-        )
-        raw = self._encode_checked(payload, model)
+        tensors, shm = self._collect(model, inputs, target, input_spec)
+
+        def build(items: Sequence[wire.InputItem]) -> msgspec.Raw:
+            payload = wire.InferencePayload(
+                vm_ip=target.vm_ip,
+                container_id=target.container_id,
+                model_name=model,
+                request=wire.InferenceOptions(inputs=list(items), allow_transient=allow_transient),
+            )
+            return self._encode_checked(payload, model)
+
+        staged: StagedInputs
+        if shm:
+            staged, raw = Staged(shm), build(shm)  # staged by the caller, who owns it
+        else:
+            staged, raw = await self._stage(model, tensors, carrier, build, stream=False)
         try:
             completed = await self._retrying(
                 lambda: self._run_inference(raw, deadline, model), deadline, retry, model
             )
         except RequestTimeout as exc:
             raise _caller_timeout(exc, seconds, f"inference of {model!r}") from None
+        finally:
+            staged.release()  # shared memory and the like never outlive the request
         return InferResult(
             completed.model_name,
             completed.outputs or {},
@@ -339,7 +431,7 @@ class AsyncClient:
             container_id=target.container_id,
             model_name=model,
             request=wire.InferenceOptions(
-                inputs=self._build_inputs(model, inputs, target, None),
+                inputs=self._json_items(model, inputs, target, "gRPC streaming"),
                 protocol="grpc",
                 allow_transient=allow_transient,
                 output_name=output_name,
@@ -370,7 +462,7 @@ class AsyncClient:
             wire_steps.append(
                 wire.PipelineStep(
                     model_name=model,
-                    inputs=self._build_inputs(model, step_inputs, target, None),
+                    inputs=self._json_items(model, step_inputs, target, "pipelines"),
                     name=name,
                 )
             )
@@ -565,6 +657,21 @@ class InferStream:
             self._abandon()
 
 
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _surely_over(tensors: Sequence[InputTensor], limit: int) -> bool:
+    """True when JSON cannot fit: every number takes at least two characters ("0,")."""
+    return sum(int(t.array.size) for t in tensors) * 2 > limit
+
+
 def _caller_timeout(exc: RequestTimeout, seconds: float, what: str) -> RequestTimeout:
     """A timeout reported as the caller's own `timeout`, wherever inside it ran out."""
     return RequestTimeout(
@@ -703,13 +810,11 @@ class ManagementAPI:
         await self.request("delete_vm", vm_id=vm_id, container_id=container_id, timeout=timeout)
 
 
-def _transport_factory(name: str | TransportFactory) -> TransportFactory:
+def _transport_factory(name: str | TransportFactory | None) -> TransportFactory:
+    if name is None:
+        name = os.environ.get("ANYTCM_TRANSPORT") or "websockets"
     if not isinstance(name, str):
         return name
-    if name == "websockets":
-        from ._ws_transport import WebsocketsTransportFactory
-
-        return WebsocketsTransportFactory()
     from .plugins import load_transport
 
     return load_transport(name)
@@ -725,7 +830,7 @@ async def connect(
     timeout: float = 30.0,
     connect_timeout: float = 30.0,
     uuid: str | None = None,
-    capabilities: Sequence[str] | None = ("json", "shm"),
+    capabilities: Sequence[str] | Literal["auto"] | None = "auto",
     roles: Sequence[str] | None = None,
     ssl_context: ssl.SSLContext | None = None,
     headers: Mapping[str, str] | None = None,
@@ -738,14 +843,19 @@ async def connect(
     stale_grace: float = 5.0,
     retry: RetryPolicy | None = None,
     backoff: Callable[[], Backoff] | None = None,
-    transport: str | TransportFactory = "websockets",
+    same_host: bool | None = None,
+    transport: str | TransportFactory | None = None,
 ) -> AsyncIterator[AsyncClient]:
     """Connect to a TCM manager: `async with anytcm.connect("ws://host:8000/ws") as client:`.
 
     Returns once the first of `pool_size` connections is authenticated; the rest connect, and
     reconnect after failures, in the background. `timeout` is the default deadline of each call.
     `uuid` is the base from which each connection's uuid is derived (random by default).
-    `capabilities` are requested in auth (None: the legacy auth without negotiation).
+    `capabilities` are requested in auth: "auto" asks for those of every installed carrier
+    ("json", "shm", and plugins'), a list asks for exactly those, None sends the legacy auth
+    without negotiation. `same_host` says the
+    manager shares this machine's /dev/shm (default: the URL's host is a loopback address).
+    `transport` names a transport plugin (default: `$ANYTCM_TRANSPORT`, else "websockets").
     `backoff` makes the reconnect backoff of each connection (default: `Backoff()`, full
     jitter from 0.1 s doubling to 10 s); `retry` is the default RetryPolicy of each call.
     """
@@ -758,7 +868,13 @@ async def connect(
         size=pool_size,
         base_uuid=uuid or uuid_module.uuid4().hex,
         token=token,
-        capabilities=tuple(capabilities) if capabilities is not None else None,
+        capabilities=(
+            tuple(carrier_names())
+            if capabilities == "auto"
+            else tuple(capabilities)
+            if capabilities is not None
+            else None
+        ),
         roles=tuple(roles) if roles is not None else None,
         max_waiting=max_waiting,
         connect_timeout=connect_timeout,
@@ -785,7 +901,11 @@ async def connect(
 
     pool = Pool(settings, _transport_factory(transport), options, deliver, gate)
     client = AsyncClient(
-        pool, timeout=timeout, max_frame_bytes=max_frame_bytes, retry=retry or RetryPolicy()
+        pool,
+        timeout=timeout,
+        max_frame_bytes=max_frame_bytes,
+        retry=retry or RetryPolicy(),
+        same_host=_is_loopback(url) if same_host is None else same_host,
     )
     try:
         async with anyio.create_task_group() as tg:

@@ -21,11 +21,14 @@ from ._errors import TritonError, ValidationFailure
 from ._faults import FaultSwitches
 from ._registry import Registry, TritonServer
 from ._tensors import (
+    ZSTD_CAPABILITY,
     ShmReference,
     decode_json_input,
+    decode_zstd_input,
     encode_output,
     estimate_request_bytes,
     is_shm_reference,
+    is_zstd_input,
     read_shm_input,
     to_manager_form,
 )
@@ -166,9 +169,7 @@ class InferenceHandler:
         shm_items = [item for item in step.inputs if is_shm_reference(item)]
         if not shm_items:
             try:
-                return dict(
-                    decode_json_input(to_manager_form(item), step.key) for item in step.inputs
-                )
+                return dict(self._decode_inline(item, step.key) for item in step.inputs)
             except TritonError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the runner wraps untyped errors (infer.py:292-298)
@@ -198,6 +199,15 @@ class InferenceHandler:
                 )
             tensors[ref.name] = read_shm_input(ref, step.key)
         return tensors
+
+    def _decode_inline(self, item: Any, model: str) -> tuple[str, npt.NDArray[Any]]:
+        """A JSON input, or a zstd input when this server offers `zstd` (docs/zstd-carrier.md).
+
+        Without the capability a zstd item is just a partial dict, failing like one ('dims').
+        """
+        if ZSTD_CAPABILITY in self._config.extra_capabilities and is_zstd_input(item):
+            return decode_zstd_input(item, model)
+        return decode_json_input(to_manager_form(item), model)
 
     # -- running ------------------------------------------------------------------------------
 

@@ -7,6 +7,8 @@ do if both sides run the same conversion code.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import mmap
 import os
@@ -55,6 +57,13 @@ ESTIMATE_BYTES_PER_ELEMENT: dict[str, int] = {
 }
 
 SHM_REFERENCE_KEYS = ("name", "shm_key", "offset", "byte_size", "shape", "dtype")
+
+# The zstd input extension (docs/zstd-carrier.md): recognised only when the server offers the
+# `zstd` capability (`--capability zstd`); the real manager does not know it.
+ZSTD_INPUT_KEYS = ("name", "shape", "datatype", "zstd")
+ZSTD_CAPABILITY = "zstd"
+# A BYTES tensor's decompressed size is not fixed by its shape: bound it against zstd bombs.
+ZSTD_MAX_BYTES_TENSOR = 64 * 1024 * 1024
 
 
 def canonical_datatype(name: str) -> str:
@@ -106,8 +115,20 @@ def is_shm_reference(item: Any) -> bool:
     return isinstance(item, dict) and all(k in item for k in SHM_REFERENCE_KEYS)
 
 
+def is_zstd_input(item: Any) -> bool:
+    """A zstd input carries all four keys (and is not an SHMReference)."""
+    return (
+        isinstance(item, dict)
+        and all(k in item for k in ZSTD_INPUT_KEYS)
+        and not is_shm_reference(item)
+    )
+
+
 def estimate_request_bytes(inputs: list[Any]) -> int:
-    """The manager's payload estimate: numel(dims) x bytes per element; SHM counts byte_size."""
+    """The manager's payload estimate: numel(dims) x bytes per element; SHM counts byte_size.
+
+    A zstd input counts like a JSON one (its `shape` and `datatype`), not its compressed size.
+    """
     total = 0
     for raw in inputs:
         if is_shm_reference(raw):
@@ -180,6 +201,110 @@ def _encode_strings(value: Any) -> Any:
     if isinstance(value, bytes):
         return value
     raise ValueError("BYTES elements must be strings")
+
+
+def decode_zstd_input(item: Mapping[str, Any], model: str) -> tuple[str, npt.NDArray[Any]]:
+    """Decode a zstd input `{name, shape, datatype, zstd}` (docs/zstd-carrier.md).
+
+    `zstd` is base64 of one zstd frame holding the raw little-endian C-order bytes of the
+    tensor (BYTES: Triton's 4-byte little-endian length before each element). The decompressed
+    size must be numel x itemsize. Every problem is a `TRITON_INFERENCE_FAILED` with a reason.
+    """
+    name, shape_value, datatype_value, encoded = (item[k] for k in ZSTD_INPUT_KEYS)
+
+    def fail(reason: str) -> TritonError:
+        return TritonError("TRITON_INFERENCE_FAILED", model, f"zstd input '{name}': {reason}")
+
+    if not isinstance(name, str) or not name:
+        raise TritonError(
+            "TRITON_INFERENCE_FAILED", model, "zstd input: name must be a non-empty string"
+        )
+    if not isinstance(shape_value, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape_value
+    ):
+        raise fail(f"shape must be a list of integers >= 0, got {shape_value!r}")
+    shape = list(shape_value)
+    if not isinstance(datatype_value, str):
+        raise fail(f"datatype must be a string, got {datatype_value!r}")
+    datatype = canonical_datatype(datatype_value)
+    dtype = NUMPY_DTYPES.get(datatype)
+    if dtype is None:
+        raise fail(f"unsupported datatype '{datatype}'")
+    if not isinstance(encoded, str):
+        raise fail("zstd must be a base64 string")
+    try:
+        compressed = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise fail(f"zstd is not valid base64 ({exc})") from None
+    try:
+        import zstandard  # lazily: the server runs without it, and refuses zstd inputs then
+    except ImportError:
+        raise fail(
+            "the reference manager cannot decode zstd inputs: the 'zstandard' package is not "
+            "installed (pip install zstandard)"
+        ) from None
+    numel = math.prod(shape)
+    is_bytes = datatype == "BYTES"
+    expected = None if is_bytes else numel * dtype.itemsize
+    limit = ZSTD_MAX_BYTES_TENSOR if expected is None else expected
+    try:
+        declared = zstandard.frame_content_size(compressed)
+        if expected is not None and declared >= 0 and declared != expected:
+            raise fail(
+                f"decompressed size mismatch: the frame declares {declared} bytes, expected "
+                f"{expected} (numel {numel} x {dtype.itemsize} bytes for {datatype})"
+            )
+        raw = _decompress_bounded(zstandard, compressed, limit)
+    except zstandard.ZstdError as exc:
+        raise fail(f"corrupt zstd data ({exc})") from None
+    if expected is not None and len(raw) != expected:
+        got = f"more than {limit}" if len(raw) > limit else str(len(raw))
+        raise fail(
+            f"decompressed size mismatch: got {got} bytes, expected {expected} "
+            f"(numel {numel} x {dtype.itemsize} bytes for {datatype}); "
+            "the frame may be truncated"
+        )
+    if is_bytes:
+        if len(raw) > limit:
+            raise fail(f"BYTES tensor decompresses to more than {limit} bytes")
+        return name, _deserialize_bytes(raw, shape, fail)
+    flat: npt.NDArray[Any] = np.frombuffer(raw, dtype=dtype.newbyteorder("<"), count=numel)
+    array: npt.NDArray[Any] = flat.astype(dtype).reshape(shape)
+    return name, array
+
+
+def _decompress_bounded(zstandard: Any, compressed: bytes, limit: int) -> bytes:
+    """One zstd frame's content, read up to `limit + 1` bytes (trailing data is an error)."""
+    out = bytearray()
+    reader = zstandard.ZstdDecompressor().stream_reader(compressed, read_across_frames=False)
+    with reader:
+        while len(out) <= limit:
+            chunk = reader.read(limit + 1 - len(out))
+            if not chunk:
+                break
+            out += chunk
+    return bytes(out)
+
+
+def _deserialize_bytes(raw: bytes, shape: list[int], fail: Any) -> npt.NDArray[Any]:
+    """Triton's serialised BYTES: a 4-byte little-endian length before each element."""
+    numel = math.prod(shape)
+    elements: list[bytes] = []
+    pos = 0
+    for index in range(numel):
+        if pos + 4 > len(raw):
+            raise fail(f"BYTES data ends before element {index} of {numel}")
+        (length,) = struct.unpack_from("<I", raw, pos)
+        pos += 4
+        if pos + length > len(raw):
+            raise fail(f"BYTES element {index} is truncated")
+        elements.append(raw[pos : pos + length])
+        pos += length
+    if pos != len(raw):
+        raise fail(f"{len(raw) - pos} bytes left after the {numel} BYTES elements")
+    strings: npt.NDArray[Any] = np.empty(numel, dtype=np.object_)
+    strings[:] = elements
+    return strings.reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -315,13 +440,16 @@ def _as_text(value: Any) -> str:
 
 __all__ = [
     "NUMPY_DTYPES",
+    "ZSTD_CAPABILITY",
     "ShmReference",
     "canonical_datatype",
     "datatype_of",
     "decode_json_input",
+    "decode_zstd_input",
     "encode_output",
     "estimate_request_bytes",
     "is_shm_reference",
+    "is_zstd_input",
     "read_shm_input",
     "to_manager_form",
 ]

@@ -1,0 +1,14 @@
+"""The json carrier passes the carrier conformance kit (`anytcm.testing.carriers`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from anytcm._json_carrier import JsonCarrier
+from anytcm.testing.carriers import CarrierConformance
+
+
+class TestJsonConformance(CarrierConformance):
+    @pytest.fixture
+    def carrier(self) -> JsonCarrier:
+        return JsonCarrier()
