@@ -14,7 +14,7 @@ nox.options.reuse_existing_virtualenvs = True
 
 PROJECT = nox.project.load_toml("pyproject.toml")
 # The plugins ship as their own distributions (as a third party's would) and are tested here.
-PLUGINS = ("plugins/anytcm-zstd",)
+PLUGINS = ("plugins/anytcm-zstd", "plugins/anytcm-trio-websocket")
 
 
 @nox.session

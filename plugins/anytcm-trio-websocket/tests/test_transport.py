@@ -1,0 +1,632 @@
+"""The trio-websocket transport over real loopback sockets, on trio.
+
+The scenarios are those of anytcm's own `tests/test_ws_transport.py` for the built-in transport:
+the same contract, the same error mapping. Most tests talk to the reference manager; fault tests
+(kill, stall, pause) use their own manager so the shared one stays healthy. Protocol corners the
+manager never produces (fragments, binary frames, a server that hangs up mid-handshake) use a tiny
+in-test server built on websockets' sans-IO `ServerProtocol` over an anyio listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import pytest
+from anytcm.errors import ConnectError, ConnectionLost, HandshakeRejected
+from anytcm.plugins import load_transport
+from anytcm.testing import ReferenceManager
+from anytcm.transport import Transport, TransportFactory, TransportOptions
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
+
+from anytcm_trio_websocket import TrioWebsocketTransport, TrioWebsocketTransportFactory
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+pytestmark = pytest.mark.anyio
+
+FACTORY = TrioWebsocketTransportFactory()
+GENERATE_SIZE = 300_000
+
+
+# -- fixtures and helpers -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def manager() -> Iterator[ReferenceManager]:
+    """The shared, healthy reference manager."""
+    with ReferenceManager() as manager:
+        yield manager
+
+
+@pytest.fixture(scope="module")
+def fault_manager() -> Iterator[ReferenceManager]:
+    """A manager that fault tests may kill, stall or pause."""
+    with ReferenceManager() as manager:
+        yield manager
+
+
+@pytest.fixture
+def faulty(fault_manager: ReferenceManager) -> Iterator[ReferenceManager]:
+    """The fault manager, running and with no fault switch set, before and after the test."""
+    if not fault_manager.running:
+        fault_manager.start()
+    yield fault_manager
+    if not fault_manager.running:
+        fault_manager.start()
+    fault_manager.reset_faults()
+
+
+_uuids = iter(range(1_000_000))
+
+
+def new_uuid() -> str:
+    return f"trio-ws-transport-{next(_uuids)}"
+
+
+def frame(uuid: str, type_: str, payload: dict[str, Any]) -> bytes:
+    return json.dumps({"uuid": uuid, "type": type_, "payload": payload}).encode()
+
+
+def queue_stats(uuid: str, job_id: int) -> bytes:
+    return frame(uuid, "info", {"action": "queue_stats", "job_id": job_id})
+
+
+async def authenticate(transport: Transport, uuid: str) -> None:
+    await transport.send_text(frame(uuid, "auth", {}))
+    assert json.loads(await transport.receive()) == {"type": "auth.ok"}
+
+
+def options(**changes: Any) -> TransportOptions:
+    return TransportOptions(**{"open_timeout": 10.0, **changes})
+
+
+def generate_request(uuid: str) -> bytes:
+    return frame(
+        uuid,
+        "inference",
+        {
+            "vm_ip": "127.0.0.1",
+            "container_id": "ref-0",
+            "model_name": "generate",
+            "request": {
+                "inputs": [
+                    {"name": "SIZE", "shape": [1], "datatype": "INT64", "data": [GENERATE_SIZE]}
+                ]
+            },
+        },
+    )
+
+
+Handler = Callable[[Request, ServerProtocol, anyio.abc.ByteStream], Awaitable[None]]
+
+
+@asynccontextmanager
+async def raw_server(handler: Handler) -> AsyncIterator[str]:
+    """A one-purpose WebSocket server: accept the handshake, then run `handler`."""
+
+    async def serve(stream: anyio.abc.ByteStream) -> None:
+        async with stream:
+            protocol = ServerProtocol()
+            events: list[Any] = []
+            while not events:
+                protocol.receive_data(await stream.receive())
+                events = protocol.events_received()
+            request = events[0]
+            assert isinstance(request, Request)
+            protocol.send_response(protocol.accept(request))
+            await flush(protocol, stream)
+            await handler(request, protocol, stream)
+
+    async with tcp_server(serve) as port:
+        yield f"ws://127.0.0.1:{port}/ws"
+
+
+@asynccontextmanager
+async def tcp_server(
+    serve: Callable[[anyio.abc.ByteStream], Awaitable[None]],
+) -> AsyncIterator[int]:
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, serve)
+        yield port
+        tg.cancel_scope.cancel()
+
+
+async def flush(protocol: ServerProtocol, stream: anyio.abc.ByteStream) -> None:
+    for data in protocol.data_to_send():
+        if data:
+            await stream.send(data)
+
+
+async def serve_until_closed(protocol: ServerProtocol, stream: anyio.abc.ByteStream) -> None:
+    """Answer the client's close frame, then return when it goes away."""
+    while True:
+        try:
+            data = await stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            return
+        protocol.receive_data(data)
+        await flush(protocol, stream)
+
+
+# -- the interface and discovery ----------------------------------------------------------------
+
+
+async def test_factory_implements_the_interface(manager: ReferenceManager) -> None:
+    factory: TransportFactory = FACTORY
+    assert factory.name == "trio-websocket"
+    async with factory.connect(manager.ws_url, options()) as transport:
+        assert isinstance(transport, Transport)
+        assert isinstance(transport, TrioWebsocketTransport)
+        assert transport.close_code is None
+        assert transport.close_reason == ""
+
+
+def test_found_through_its_entry_point() -> None:
+    factory = load_transport("trio-websocket")
+    assert isinstance(factory, TrioWebsocketTransportFactory)
+
+
+def test_other_schemes_are_refused() -> None:
+    with pytest.raises(ValueError, match="not a WebSocket URL"):
+        FACTORY.connect("http://127.0.0.1:1/ws", options())
+
+
+def test_compression_is_refused() -> None:
+    with pytest.raises(ValueError, match="permessage-deflate"):
+        FACTORY.connect("ws://127.0.0.1:1/ws", options(compression=True))
+
+
+# -- asyncio is refused -------------------------------------------------------------------------
+
+
+def test_refused_on_asyncio(manager: ReferenceManager) -> None:
+    async def main() -> None:
+        async with FACTORY.connect(manager.ws_url, options()):
+            pytest.fail("the connection opened on asyncio")
+
+    with pytest.raises(RuntimeError, match="trio only") as caught:
+        asyncio.run(main())
+    assert "asyncio" in str(caught.value)
+    assert "websockets" in str(caught.value)  # the remedy: the built-in transport
+
+
+def test_client_on_asyncio_names_the_cause(
+    manager: ReferenceManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a user sees: `anytcm.connect` on asyncio with this transport selected."""
+    import anytcm
+
+    monkeypatch.setenv("ANYTCM_TRANSPORT", "trio-websocket")
+
+    async def main() -> None:
+        async with anytcm.connect(manager.ws_url, pool_size=1, connect_timeout=10):
+            pytest.fail("the client connected on asyncio")
+
+    with pytest.raises(RuntimeError, match="trio only"):
+        asyncio.run(main())
+
+
+# -- talking to the manager ---------------------------------------------------------------------
+
+
+async def test_auth_and_queue_stats_round_trip(manager: ReferenceManager) -> None:
+    uuid = new_uuid()
+    async with FACTORY.connect(manager.ws_url, options()) as transport:
+        await authenticate(transport, uuid)
+        await transport.send_text(queue_stats(uuid, 7))
+        reply = json.loads(await transport.receive())
+    assert reply["type"] == "info_response"
+    assert reply["payload"]["job_id"] == 7
+    assert reply["payload"]["status"] == "success"
+    assert transport.close_code == 1000
+
+
+async def test_concurrent_senders_all_answered(manager: ReferenceManager) -> None:
+    uuid = new_uuid()
+    senders, per_sender = 5, 40
+    expected = set(range(senders * per_sender))
+    received: set[int] = set()
+
+    async def send_many(first: int) -> None:
+        for job_id in range(first, first + per_sender):
+            await transport.send_text(queue_stats(uuid, job_id))
+            await anyio.lowlevel.checkpoint()
+
+    async with FACTORY.connect(manager.ws_url, options()) as transport:
+        await authenticate(transport, uuid)
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for sender in range(senders):
+                    tg.start_soon(send_many, sender * per_sender)
+                while len(received) < len(expected):
+                    reply = json.loads(await transport.receive())
+                    assert reply["type"] == "info_response"
+                    received.add(reply["payload"]["job_id"])
+    assert received == expected
+
+
+async def test_large_reply_received_intact(manager: ReferenceManager) -> None:
+    uuid = new_uuid()
+    async with FACTORY.connect(manager.ws_url, options()) as transport:
+        await authenticate(transport, uuid)
+        await transport.send_text(generate_request(uuid))
+        with anyio.fail_after(30):
+            raw = await transport.receive()
+        # The connection is still usable afterwards.
+        await transport.send_text(queue_stats(uuid, 1))
+        assert json.loads(await transport.receive())["payload"]["job_id"] == 1
+    assert isinstance(raw, bytes)
+    assert len(raw) > 2_000_000
+    reply = json.loads(raw)
+    assert reply["payload"]["status"] == "COMPLETED"
+    output = reply["payload"]["data"]["OUTPUT0"]
+    assert len(output) == GENERATE_SIZE
+    assert all(isinstance(value, float) for value in output[:100])
+
+
+async def test_non_ascii_text_round_trips_as_utf8(manager: ReferenceManager) -> None:
+    async with FACTORY.connect(manager.ws_url, options()) as transport:
+        await transport.send_text(frame("ünïcode-€", "info", {"action": "queue_stats"}))
+        with anyio.fail_after(10):
+            error = await transport.receive()  # not auth: an error frame, then close 1008
+    assert json.loads(error)["type"] == "error"
+
+
+async def test_reply_over_max_message_size_is_1009(manager: ReferenceManager) -> None:
+    uuid = new_uuid()
+    async with FACTORY.connect(manager.ws_url, options(max_message_size=256 * 1024)) as transport:
+        await authenticate(transport, uuid)
+        await transport.send_text(generate_request(uuid))
+        with anyio.fail_after(30), pytest.raises(ConnectionLost) as caught:
+            await transport.receive()
+        assert caught.value.close_code == 1009
+        assert "max_message_size" in str(caught.value)
+        assert transport.close_code == 1009
+        with pytest.raises(ConnectionLost):
+            await transport.send_text(queue_stats(uuid, 1))
+
+
+async def test_server_close_code_after_its_error_frame(manager: ReferenceManager) -> None:
+    async with FACTORY.connect(manager.ws_url, options()) as transport:
+        await transport.send_text(queue_stats(new_uuid(), 1))  # not auth: refused
+        with anyio.fail_after(10):
+            error = json.loads(await transport.receive())
+            assert error["type"] == "error"
+            assert "auth" in error["payload"]["message"]
+            with pytest.raises(ConnectionLost) as caught:
+                await transport.receive()
+    assert caught.value.close_code == 1008
+    assert transport.close_code == 1008
+    assert caught.value.reason == transport.close_reason
+
+
+# -- closing ------------------------------------------------------------------------------------
+
+
+async def test_aclose_sends_a_close_frame_and_is_idempotent(manager: ReferenceManager) -> None:
+    uuid = new_uuid()
+    async with FACTORY.connect(manager.ws_url, options()) as transport:
+        await authenticate(transport, uuid)
+        with anyio.fail_after(10):
+            await transport.aclose(1000, "bye")
+            await transport.aclose()
+        # The server answered with its own close frame (1006 would mean it did not).
+        assert transport.close_code == 1000
+        with pytest.raises(ConnectionLost) as caught:
+            await transport.receive()
+        assert caught.value.close_code == 1000
+        with pytest.raises(ConnectionLost):
+            await transport.send_text(queue_stats(uuid, 1))
+    # The uuid was released at once: a clean close, not a half-open socket.
+    async with FACTORY.connect(manager.ws_url, options()) as again:
+        await authenticate(again, uuid)
+
+
+async def test_aclose_while_another_task_receives(manager: ReferenceManager) -> None:
+    uuid = new_uuid()
+    async with FACTORY.connect(manager.ws_url, options()) as transport:
+        await authenticate(transport, uuid)
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+
+                async def reader() -> None:
+                    with pytest.raises(ConnectionLost) as caught:
+                        await transport.receive()
+                    assert caught.value.close_code == 4000
+
+                tg.start_soon(reader)
+                await anyio.sleep(0.1)
+                await transport.aclose(4000, "custom")
+    assert transport.close_code == 4000
+    assert transport.close_reason == "custom"
+
+
+async def test_nothing_left_running_after_exit(manager: ReferenceManager) -> None:
+    tasks_before = len(anyio.get_running_tasks())
+    async with FACTORY.connect(
+        manager.ws_url, options(ping_interval=0.05, ping_timeout=0.5)
+    ) as transport:
+        await authenticate(transport, new_uuid())
+        # trio-websocket's reader and the keepalive (each behind a small wrapper).
+        assert len(anyio.get_running_tasks()) == tasks_before + 2
+    assert len(anyio.get_running_tasks()) == tasks_before
+    await anyio.sleep(0.3)  # several ping intervals: a leaked keepalive would fail here
+    assert transport.close_code == 1000
+
+
+async def test_body_exception_is_not_grouped(manager: ReferenceManager) -> None:
+    with pytest.raises(LookupError, match="from the body") as caught:
+        async with FACTORY.connect(manager.ws_url, options()):
+            raise LookupError("from the body")
+    assert not isinstance(caught.value.__context__, BaseExceptionGroup)
+
+
+async def test_cancellation_propagates(manager: ReferenceManager) -> None:
+    started = anyio.current_time()
+    with anyio.move_on_after(0.3) as scope:
+        async with FACTORY.connect(manager.ws_url, options(close_timeout=5)) as transport:
+            await authenticate(transport, new_uuid())
+            await transport.receive()  # nothing comes: cancelled by the scope
+    assert scope.cancelled_caught
+    assert transport.close_code == 1000  # the close frame still went out
+    # ...and the server's reply was read at once: the reader task survives the cancellation
+    # (were it cancelled too, the close would wait out close_timeout).
+    assert anyio.current_time() - started < 2
+
+
+async def test_cancelled_close_code_is_the_servers_reply(manager: ReferenceManager) -> None:
+    with anyio.CancelScope() as scope:
+        async with FACTORY.connect(manager.ws_url, options(close_timeout=5)) as transport:
+            await authenticate(transport, new_uuid())
+            scope.cancel()
+            # As the session's abort() does: a shielded close inside a cancelled scope. The
+            # reader task must still be reading for the server's reply to be seen.
+            with anyio.CancelScope(shield=True):
+                await transport.aclose(4001, "cancelled")
+    assert transport.close_code == 4001  # echoed by the server: the reply was read
+    assert transport.close_reason == "cancelled"
+
+
+async def test_cancelled_send_ends_the_connection_or_completes(
+    manager: ReferenceManager,
+) -> None:
+    """A send cancelled before it starts raises the cancellation and writes nothing."""
+    uuid = new_uuid()
+    async with FACTORY.connect(manager.ws_url, options()) as transport:
+        await authenticate(transport, uuid)
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await transport.send_text(queue_stats(uuid, 1))
+        assert scope.cancelled_caught
+        assert transport.close_code is None  # nothing was written: still usable
+        await transport.send_text(queue_stats(uuid, 2))
+        with anyio.fail_after(10):
+            assert json.loads(await transport.receive())["payload"]["job_id"] == 2
+
+
+async def test_keepalive_keeps_a_healthy_connection(manager: ReferenceManager) -> None:
+    uuid = new_uuid()
+    async with FACTORY.connect(
+        manager.ws_url, options(ping_interval=0.05, ping_timeout=0.3)
+    ) as transport:
+        await authenticate(transport, uuid)
+        with anyio.move_on_after(1.0):
+            # Idle: only pongs arrive. Were they not noticed, the keepalive would fail the
+            # connection after ~0.35 s and this receive would raise ConnectionLost.
+            await transport.receive()
+        await transport.send_text(queue_stats(uuid, 3))
+        assert json.loads(await transport.receive())["payload"]["job_id"] == 3
+
+
+# -- faults -------------------------------------------------------------------------------------
+
+
+@pytest.mark.fault
+async def test_killed_server_is_1006(faulty: ReferenceManager) -> None:
+    async with FACTORY.connect(faulty.ws_url, options()) as transport:
+        await authenticate(transport, new_uuid())
+        faulty.kill()
+        with anyio.fail_after(10), pytest.raises(ConnectionLost) as caught:
+            await transport.receive()
+    assert caught.value.close_code == 1006
+    assert transport.close_code == 1006
+
+
+@pytest.mark.fault
+async def test_keepalive_detects_a_stalled_server(faulty: ReferenceManager) -> None:
+    uuid = new_uuid()
+    async with FACTORY.connect(
+        faulty.ws_url, options(ping_interval=0.2, ping_timeout=0.5, close_timeout=0.5)
+    ) as transport:
+        await authenticate(transport, uuid)
+        faulty.set_faults(stall=1)
+        started = anyio.current_time()
+        with anyio.fail_after(10), pytest.raises(ConnectionLost) as caught:
+            await transport.receive()
+        elapsed = anyio.current_time() - started
+        with pytest.raises(ConnectionLost):
+            await transport.send_text(queue_stats(uuid, 1))
+    assert caught.value.close_code == 1011
+    assert caught.value.reason == "keepalive ping timeout"
+    assert transport.close_code == 1011
+    assert elapsed < 5  # ~1.2 s expected; generous for a noisy machine
+
+
+@pytest.mark.fault
+async def test_open_timeout_on_a_paused_server(faulty: ReferenceManager) -> None:
+    faulty.pause()
+    try:
+        with anyio.fail_after(10), pytest.raises(ConnectError, match="timed out") as caught:
+            async with FACTORY.connect(faulty.ws_url, options(open_timeout=0.5)):
+                pass
+    finally:
+        faulty.resume()
+    assert faulty.ws_url in str(caught.value)
+    assert "open_timeout" in str(caught.value)
+
+
+async def test_connection_refused(free_tcp_port: int) -> None:
+    url = f"ws://127.0.0.1:{free_tcp_port}/ws"
+    with pytest.raises(ConnectError) as caught:
+        async with FACTORY.connect(url, options()):
+            pass
+    assert not isinstance(caught.value, HandshakeRejected)
+    assert url in str(caught.value)
+    assert "running" in str(caught.value)
+    assert "refused" in str(caught.value).lower()
+
+
+@pytest.mark.parametrize(("path", "status"), [("/health", 200), ("/no-such-path", 404)])
+async def test_http_answer_is_handshake_rejected(
+    manager: ReferenceManager, path: str, status: int
+) -> None:
+    url = f"ws://127.0.0.1:{manager.port}{path}"
+    with anyio.fail_after(10), pytest.raises(HandshakeRejected) as caught:
+        async with FACTORY.connect(url, options()):
+            pass
+    assert caught.value.status_code == status
+    assert url in str(caught.value)
+
+
+async def test_hang_up_during_the_handshake_is_prompt() -> None:
+    """trio-websocket alone would wait for the 101 until its connect timeout."""
+
+    async def serve(stream: anyio.abc.ByteStream) -> None:
+        async with stream:
+            await stream.receive()  # the upgrade request
+
+    async with tcp_server(serve) as port:
+        url = f"ws://127.0.0.1:{port}/ws"
+        with anyio.fail_after(5), pytest.raises(ConnectError, match="during the WebSocket hand"):
+            async with FACTORY.connect(url, options(open_timeout=30)):
+                pass
+
+
+async def test_garbage_reply_is_a_connect_error() -> None:
+    async def serve(stream: anyio.abc.ByteStream) -> None:
+        async with stream:
+            await stream.receive()
+            await stream.send(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+            await anyio.sleep(5)
+
+    async with tcp_server(serve) as port:
+        url = f"ws://127.0.0.1:{port}/ws"
+        with anyio.fail_after(5), pytest.raises(ConnectError) as caught:
+            async with FACTORY.connect(url, options(open_timeout=3)):
+                pass
+    assert not isinstance(caught.value, HandshakeRejected)
+    assert url in str(caught.value)
+
+
+# -- protocol corners (in-test server) ----------------------------------------------------------
+
+
+async def test_extra_headers_reach_the_server() -> None:
+    async def handler(request: Request, protocol: ServerProtocol, stream: Any) -> None:
+        protocol.send_text(request.headers.get("X-Anytcm-Test", "missing").encode())
+        await flush(protocol, stream)
+        await serve_until_closed(protocol, stream)
+
+    async with raw_server(handler) as url:
+        headers = {"X-Anytcm-Test": "hello"}
+        async with FACTORY.connect(url, options(headers=headers)) as transport:
+            assert await transport.receive() == b"hello"
+
+
+async def test_fragmented_message_is_reassembled() -> None:
+    async def handler(request: Request, protocol: ServerProtocol, stream: Any) -> None:
+        protocol.send_text(b'{"part":', fin=False)
+        protocol.send_continuation(b' "one", "more":', fin=False)
+        protocol.send_ping(b"p")  # control frames may come between fragments
+        protocol.send_continuation(b' "two"}', fin=True)
+        protocol.send_text(b"{}")
+        await flush(protocol, stream)
+        await serve_until_closed(protocol, stream)
+
+    async with raw_server(handler) as url, FACTORY.connect(url, options()) as transport:
+        with anyio.fail_after(10):
+            assert await transport.receive() == b'{"part": "one", "more": "two"}'
+            assert await transport.receive() == b"{}"
+
+
+async def test_binary_frame_is_a_protocol_violation() -> None:
+    async def handler(request: Request, protocol: ServerProtocol, stream: Any) -> None:
+        protocol.send_text(b"{}")
+        protocol.send_binary(b"\x00\x01")
+        await flush(protocol, stream)
+        await serve_until_closed(protocol, stream)
+
+    async with raw_server(handler) as url, FACTORY.connect(url, options()) as transport:
+        with anyio.fail_after(10):
+            assert await transport.receive() == b"{}"
+            with pytest.raises(ConnectionLost, match="binary") as caught:
+                await transport.receive()
+    assert caught.value.close_code == 1003
+
+
+# -- TLS ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(CA certificate, server certificate chain, server key) for 127.0.0.1, made for the test."""
+    trustme = pytest.importorskip("trustme")
+    directory = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    ca_path, cert_path, key_path = (directory / name for name in ("ca.pem", "cert.pem", "key.pem"))
+    ca.cert_pem.write_to_path(str(ca_path))
+    server.private_key_pem.write_to_path(str(key_path))
+    cert_path.write_bytes(b"".join(blob.bytes() for blob in server.cert_chain_pems))
+    return ca_path, cert_path, key_path
+
+
+@pytest.fixture(scope="module")
+def tls_manager(tls_files: tuple[Path, Path, Path]) -> Iterator[ReferenceManager]:
+    ca_path, cert_path, key_path = tls_files
+    with ReferenceManager(tls=(str(cert_path), str(key_path)), ca_file=str(ca_path)) as manager:
+        yield manager
+
+
+async def test_wss_with_a_trusted_ca(
+    tls_manager: ReferenceManager, tls_files: tuple[Path, Path, Path]
+) -> None:
+    assert tls_manager.ws_url.startswith("wss://")
+    context = ssl.create_default_context(cafile=str(tls_files[0]))
+    uuid = new_uuid()
+    async with FACTORY.connect(tls_manager.ws_url, options(ssl_context=context)) as transport:
+        await authenticate(transport, uuid)
+        await transport.send_text(generate_request(uuid))
+        with anyio.fail_after(30):
+            reply = json.loads(await transport.receive())
+    assert len(reply["payload"]["data"]["OUTPUT0"]) == GENERATE_SIZE
+    assert transport.close_code == 1000
+
+
+async def test_wss_without_trust_fails_verification(tls_manager: ReferenceManager) -> None:
+    with anyio.fail_after(10), pytest.raises(ConnectError, match="certificate verification") as c:
+        async with FACTORY.connect(tls_manager.ws_url, options()):
+            pass
+    assert tls_manager.ws_url in str(c.value)
+
+
+async def test_wss_to_a_plain_server_is_a_tls_error(manager: ReferenceManager) -> None:
+    url = f"wss://127.0.0.1:{manager.port}/ws"
+    with anyio.fail_after(10), pytest.raises(ConnectError, match="TLS") as caught:
+        async with FACTORY.connect(url, options()):
+            pass
+    assert url in str(caught.value)
