@@ -17,8 +17,44 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from .errors import ConnectionLost
+
 DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 """Replies have no size cap on the manager's side (contract §1): receive generously."""
+
+
+# What each close code means for the user, and what to do (RFC 6455 codes the manager uses).
+CLOSE_CODE_HINTS: dict[int, str] = {
+    1000: "the connection was closed normally",
+    1001: "the server is going away; reconnect",
+    1003: "the server sent data the client cannot accept; reconnect",
+    1006: "no close frame arrived: the server died or the network dropped; reconnect",
+    1008: "the server refused a frame (policy violation); read the error frame sent before it",
+    1009: "a message exceeded the size limit; raise TransportOptions.max_message_size or keep "
+    "outgoing frames under the server's cap",
+    1011: "the server failed, or stopped answering keepalive pings; reconnect",
+    1012: "the server is restarting; reconnect once GET /ready answers 200",
+}
+
+
+def connection_lost(url: str, end: tuple[int, str] | None) -> ConnectionLost:
+    """The error a transport raises once its connection is over (or closing, `end` None).
+
+    Every transport maps the end of a connection the same way, so the layers above (and users)
+    see one error shape whatever transport runs underneath.
+    """
+    if end is None:  # closing (aclose in progress): nothing can be sent any more
+        return ConnectionLost(
+            f"the WebSocket connection to {url} is closing; open a new connection"
+        )
+    code, reason = end
+    detail = f" ({reason})" if reason else ""
+    hint = CLOSE_CODE_HINTS.get(code, "reconnect")
+    return ConnectionLost(
+        f"the WebSocket connection to {url} closed with code {code}{detail}: {hint}",
+        close_code=code,
+        reason=reason,
+    )
 
 
 @dataclass(frozen=True)

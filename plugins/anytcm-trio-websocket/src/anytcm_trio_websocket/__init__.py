@@ -47,8 +47,8 @@ from urllib.parse import urlsplit
 import sniffio
 import trio
 import trio_websocket
-from anytcm.errors import ConnectError, ConnectionLost, HandshakeRejected
-from anytcm.transport import Transport, TransportOptions
+from anytcm.errors import ConnectError, HandshakeRejected
+from anytcm.transport import Transport, TransportOptions, connection_lost
 from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection
 
 if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
@@ -69,18 +69,6 @@ _ABNORMAL = 1006
 _INTERRUPTED = (_ABNORMAL, "a write was cancelled part-way; the framing cannot be trusted")
 _PING_TIMEOUT = (1011, "keepalive ping timeout")
 _NO_CLOSE_REPLY = (_ABNORMAL, "no close frame received in reply")
-
-_HINTS = {
-    1000: "the connection was closed normally",
-    1001: "the server is going away; reconnect",
-    1003: "the server sent data the client cannot accept; reconnect",
-    1006: "no close frame arrived: the server died or the network dropped; reconnect",
-    1008: "the server refused a frame (policy violation); read the error frame sent before it",
-    1009: "a message exceeded the size limit; raise TransportOptions.max_message_size or keep "
-    "outgoing frames under the server's cap",
-    1011: "the server failed, or stopped answering keepalive pings; reconnect",
-    1012: "the server is restarting; reconnect once GET /ready answers 200",
-}
 
 
 class TrioWebsocketTransport:
@@ -197,19 +185,7 @@ class TrioWebsocketTransport:
     # -- internals ----------------------------------------------------------------------------
 
     def _raise_lost(self) -> NoReturn:
-        end = self._end
-        if end is None:  # closing (aclose in progress): nothing can be sent any more
-            raise ConnectionLost(
-                f"the WebSocket connection to {self._url} is closing; open a new connection"
-            )
-        code, reason = end
-        detail = f" ({reason})" if reason else ""
-        hint = _HINTS.get(code, "reconnect")
-        raise ConnectionLost(
-            f"the WebSocket connection to {self._url} closed with code {code}{detail}: {hint}",
-            close_code=code,
-            reason=reason,
-        ) from self._end_cause
+        raise connection_lost(self._url, self._end) from self._end_cause
 
     def _set_end(self, code: int, reason: str, cause: BaseException | None = None) -> None:
         """Record how the connection ended; the first cause wins."""
