@@ -367,8 +367,10 @@ def read_shm_input(ref: ShmReference, model: str) -> npt.NDArray[Any]:
                 f"[400] shared memory region '{ref.key}' is {size} bytes, byte_size is "
                 f"{ref.byte_size}",
             )
-        with mmap.mmap(fd, ref.byte_size, prot=mmap.PROT_READ) as region:
-            return _array_from_region(region, ref, model)
+        # Like Triton, read the region in place: the mapping stays valid after the client
+        # unlinks the key, and lives exactly as long as the array built on it (no copy).
+        region = mmap.mmap(fd, ref.byte_size, prot=mmap.PROT_READ)
+        return _array_from_region(region, ref, model)
     finally:
         os.close(fd)
 
@@ -406,9 +408,8 @@ def _array_from_region(region: mmap.mmap, ref: ShmReference, model: str) -> npt.
             f"[400] input byte size mismatch for input '{ref.name}' for model '{model}'. "
             f"Expected {needed}, got {ref.byte_size}",
         )
-    # Copy out of the mapping: the region may be unlinked the moment the reply is sent.
     flat: npt.NDArray[Any] = np.frombuffer(region, dtype=dtype, count=numel)
-    array: npt.NDArray[Any] = flat.reshape(ref.shape).copy()
+    array: npt.NDArray[Any] = flat.reshape(ref.shape)
     return array
 
 
