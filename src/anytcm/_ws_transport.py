@@ -53,7 +53,13 @@ from websockets.protocol import State
 from websockets.uri import WebSocketURI, parse_uri
 
 from .errors import ConnectError, ConnectionLost, HandshakeRejected
-from .transport import Transport, TransportOptions, connection_lost
+from .transport import (
+    Transport,
+    TransportOptions,
+    collapse_exception_group,
+    connection_lost,
+    tls_connect_error,
+)
 
 if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
     # anyio depends on the backport below 3.11.
@@ -477,17 +483,9 @@ def _open_error(url: str, options: TransportOptions, exc: Exception) -> ConnectE
             f"timed out after {options.open_timeout:g} s opening {url}: check that the manager "
             "is running and reachable (host, port, firewall), or raise open_timeout"
         )
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return ConnectError(
-            f"TLS certificate verification failed for {url} ({exc.verify_message}): pass "
-            "TransportOptions(ssl_context=ssl.create_default_context(cafile=...)) trusting the "
-            "server's CA, or fix the server certificate (host name, expiry, chain)"
-        )
-    if isinstance(exc, ssl.SSLError):
-        return ConnectError(
-            f"TLS handshake with {url} failed ({exc}): check that the server speaks TLS on "
-            "that port (wss:// vs ws://) and its TLS setup"
-        )
+    tls = tls_connect_error(url, exc)
+    if tls is not None:
+        return tls
     if isinstance(exc, (OSError, anyio.BrokenResourceError)):
         cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
         return ConnectError(
@@ -498,26 +496,6 @@ def _open_error(url: str, options: TransportOptions, exc: Exception) -> ConnectE
 
 
 # -- the context manager ------------------------------------------------------------------------
-
-
-def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The one exception to raise for a group: its only non-cancellation leaf, else its first
-    cancellation; None when several real failures must stay grouped."""
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack:
-        exc = stack.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            stack.extend(reversed(exc.exceptions))
-        else:
-            leaves.append(exc)
-    cancelled = anyio.get_cancelled_exc_class()
-    failures = [exc for exc in leaves if not isinstance(exc, cancelled)]
-    if len(failures) == 1:
-        return failures[0]
-    if not failures and leaves:
-        return leaves[0]
-    return None
 
 
 @asynccontextmanager
@@ -536,7 +514,7 @@ async def _connection(url: str, options: TransportOptions) -> AsyncIterator[Tran
                 with anyio.CancelScope(shield=True):
                     await transport.aclose()
     except BaseExceptionGroup as group:
-        single = _collapse(group)
+        single = collapse_exception_group(group)
         if single is None:
             raise
         context = single.__context__

@@ -58,7 +58,12 @@ from .results import (
 from .retry import RetryPolicy
 from .session import NotSent, Session
 from .tensors import encode_input
-from .transport import DEFAULT_MAX_MESSAGE_SIZE, TransportFactory, TransportOptions
+from .transport import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    TransportFactory,
+    TransportOptions,
+    collapse_exception_group,
+)
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -915,25 +920,10 @@ async def connect(
             finally:
                 pool.close()
     except BaseExceptionGroup as group:
-        error = _single(group)
-        if error is group:
+        error = collapse_exception_group(group)
+        if error is None:
             raise
         raise error from error.__cause__  # the one real error, with its own cause kept
-
-
-def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one real error of a group (a single failure is never surfaced as a group)."""
-    cancelled = anyio.get_cancelled_exc_class()
-    errors: list[BaseException] = [e for e in _leaves(group) if not isinstance(e, cancelled)]
-    if len(errors) == 1:
-        return errors[0]
-    return group
-
-
-def _leaves(error: BaseException) -> list[BaseException]:
-    if isinstance(error, BaseExceptionGroup):
-        return [leaf for e in error.exceptions for leaf in _leaves(e)]
-    return [error]
 
 
 __all__ = ["AsyncClient", "InferStream", "InfoAPI", "ManagementAPI", "connect"]

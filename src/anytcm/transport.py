@@ -12,12 +12,18 @@ Transports are found through the `anytcm.transports` entry-point group; the buil
 from __future__ import annotations
 
 import ssl
+import sys
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from .errors import ConnectionLost
+import anyio
+
+from .errors import ConnectError, ConnectionLost
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 DEFAULT_MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 """Replies have no size cap on the manager's side (contract §1): receive generously."""
@@ -55,6 +61,46 @@ def connection_lost(url: str, end: tuple[int, str] | None) -> ConnectionLost:
         close_code=code,
         reason=reason,
     )
+
+
+def collapse_exception_group(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception to raise for a group: its only non-cancellation leaf, else its first
+    cancellation; None when several real failures must stay grouped.
+
+    A single failure is never surfaced as an ExceptionGroup (anyio and trio wrap even one).
+    Must be called inside an async context (it asks anyio for the cancellation class).
+    """
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(reversed(exc.exceptions))
+        else:
+            leaves.append(exc)
+    cancelled = anyio.get_cancelled_exc_class()
+    failures = [exc for exc in leaves if not isinstance(exc, cancelled)]
+    if len(failures) == 1:
+        return failures[0]
+    if not failures and leaves:
+        return leaves[0]
+    return None
+
+
+def tls_connect_error(url: str, exc: BaseException) -> ConnectError | None:
+    """The ConnectError for a TLS failure while opening `url` (None if `exc` is not one)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ConnectError(
+            f"TLS certificate verification failed for {url} ({exc.verify_message}): pass "
+            "TransportOptions(ssl_context=ssl.create_default_context(cafile=...)) trusting the "
+            "server's CA, or fix the server certificate (host name, expiry, chain)"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return ConnectError(
+            f"TLS handshake with {url} failed ({exc}): check that the server speaks TLS on "
+            "that port (wss:// vs ws://) and its TLS setup"
+        )
+    return None
 
 
 @dataclass(frozen=True)

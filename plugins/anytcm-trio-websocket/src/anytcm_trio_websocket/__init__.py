@@ -48,7 +48,13 @@ import sniffio
 import trio
 import trio_websocket
 from anytcm.errors import ConnectError, HandshakeRejected
-from anytcm.transport import Transport, TransportOptions, connection_lost
+from anytcm.transport import (
+    Transport,
+    TransportOptions,
+    collapse_exception_group,
+    connection_lost,
+    tls_connect_error,
+)
 from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnection
 
 if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
@@ -436,17 +442,9 @@ def _open_error(url: str, options: TransportOptions, exc: Exception) -> ConnectE
         )
     # trio reports TLS failures as BrokenResourceError caused by the ssl error.
     cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        return ConnectError(
-            f"TLS certificate verification failed for {url} ({cause.verify_message}): pass "
-            "TransportOptions(ssl_context=ssl.create_default_context(cafile=...)) trusting the "
-            "server's CA, or fix the server certificate (host name, expiry, chain)"
-        )
-    if isinstance(cause, ssl.SSLError):
-        return ConnectError(
-            f"TLS handshake with {url} failed ({cause}): check that the server speaks TLS on "
-            "that port (wss:// vs ws://) and its TLS setup"
-        )
+    tls = tls_connect_error(url, cause) if cause is not None else None
+    if tls is not None:
+        return tls
     if isinstance(exc, (OSError, trio.BrokenResourceError)):
         # trio.open_tcp_stream: OSError("all attempts ... failed") from a group of the attempts.
         detail = _first_leaf(exc.__cause__) if exc.__cause__ is not None else exc
@@ -458,25 +456,6 @@ def _open_error(url: str, options: TransportOptions, exc: Exception) -> ConnectE
 
 
 # -- the context manager ------------------------------------------------------------------------
-
-
-def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The one exception to raise for a group: its only non-cancellation leaf, else its first
-    cancellation; None when several real failures must stay grouped."""
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack:
-        exc = stack.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            stack.extend(reversed(exc.exceptions))
-        else:
-            leaves.append(exc)
-    failures = [exc for exc in leaves if not isinstance(exc, trio.Cancelled)]
-    if len(failures) == 1:
-        return failures[0]
-    if not failures and leaves:
-        return leaves[0]
-    return None
 
 
 @asynccontextmanager
@@ -511,7 +490,7 @@ async def _connection(
                     reader_scope.cancel()
                     nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        single = _collapse(group)
+        single = collapse_exception_group(group)
         if single is None:
             raise
         context = single.__context__
