@@ -496,3 +496,25 @@ async def test_wss_without_trust_fails_verification(tls_manager: ReferenceManage
         async with FACTORY.connect(tls_manager.ws_url, options()):
             pass
     assert tls_manager.ws_url in str(caught.value)
+
+
+async def test_a_send_cut_off_by_the_end_has_an_unknown_outcome() -> None:
+    """A write the connection's end interrupts may have reached the peer; one after cannot."""
+    dropped = anyio.Event()
+
+    async def never_read(request: Request, protocol: ServerProtocol, stream: Any) -> None:
+        with anyio.move_on_after(0.3):
+            await anyio.sleep_forever()  # the client's big write fills the socket buffers
+        dropped.set()  # leaving closes the socket with unread data: a reset
+
+    async with (
+        raw_server(never_read) as url,
+        FACTORY.connect(url, options(close_timeout=0.5)) as transport,
+    ):
+        with anyio.fail_after(10), pytest.raises(ConnectionLost) as cut:
+            await transport.send_text(b"x" * (64 << 20))
+        assert dropped.is_set()
+        with pytest.raises(ConnectionLost) as after:
+            await transport.send_text(b"{}")
+    assert cut.value.outcome_unknown is True
+    assert after.value.outcome_unknown is False

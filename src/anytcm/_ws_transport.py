@@ -32,6 +32,7 @@ validates them anyway, and decoding twice would cost a pass over every message.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ssl
 import struct
@@ -52,6 +53,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import WebSocketURI, parse_uri
 
+from . import _asyncio_stream
 from .errors import ConnectError, ConnectionLost, HandshakeRejected
 from .transport import (
     Transport,
@@ -194,8 +196,10 @@ class WebsocketsTransport:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _raise_lost(self) -> NoReturn:
-        raise connection_lost(self._url, self._end) from self._end_cause
+    def _raise_lost(self, *, outcome_unknown: bool = False) -> NoReturn:
+        raise connection_lost(
+            self._url, self._end, outcome_unknown=outcome_unknown
+        ) from self._end_cause
 
     def _set_end(self, code: int, reason: str, cause: BaseException | None = None) -> None:
         """Record how the connection ended; the first cause wins."""
@@ -227,14 +231,14 @@ class WebsocketsTransport:
         except _STREAM_ERRORS as exc:
             self._set_end(_ABNORMAL, f"write failed: {exc!r}", exc)
             await self._close_stream()
-            self._raise_lost()
+            self._raise_lost(outcome_unknown=True)  # part of it, or all of it, may have left
         except BaseException:  # cancellation: re-raised unchanged
             self._set_end(*interrupted)
             await self._close_stream()
             raise
-        if self._closed:  # closed under us (keepalive, aclose): the write may not have gone out
+        if self._closed:  # closed under us (keepalive, aclose, the peer): it may have gone out
             self._set_end(_ABNORMAL, "connection closed during a write")
-            self._raise_lost()
+            self._raise_lost(outcome_unknown=True)
 
     async def _pump(self) -> None:
         """Read once from the stream and process what arrived."""
@@ -391,6 +395,15 @@ class WebsocketsTransport:
 # -- opening --------------------------------------------------------------------------------
 
 
+def _on_asyncio() -> bool:
+    """Running on asyncio (anyio's asyncio backend), where plain TCP takes the native stream."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _parse_url(url: str) -> WebSocketURI:
     scheme = urlsplit(url).scheme.lower()
     if scheme not in ("ws", "wss"):
@@ -420,7 +433,9 @@ async def _open(url: str, options: TransportOptions) -> WebsocketsTransport:
     stream: anyio.abc.ByteStream | None = None
     try:
         with anyio.fail_after(options.open_timeout):
-            if ssl_context is None:
+            if ssl_context is None and _on_asyncio():
+                stream = await _asyncio_stream.connect_tcp(uri.host, uri.port)
+            elif ssl_context is None:
                 stream = await anyio.connect_tcp(uri.host, uri.port)
             else:
                 stream = await anyio.connect_tcp(

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from . import wire
+from ._oneshot import oneshot
 from .backoff import Backoff
 from .errors import (
     AuthError,
@@ -63,11 +64,15 @@ class PoolSettings:
     sleep: Callable[[float], Awaitable[None]] = field(default=anyio.sleep)
 
 
-@dataclass(eq=False)
 class _Handoff:
-    event: anyio.Event
-    session: Session | None = None
-    error: TcmError | None = None
+    """A caller waiting for a free session: handed one, or told why there is none."""
+
+    __slots__ = ("error", "session", "signal")
+
+    def __init__(self) -> None:
+        self.signal = oneshot()
+        self.session: Session | None = None
+        self.error: TcmError | None = None
 
 
 @dataclass
@@ -246,7 +251,7 @@ class Pool:
         while self._waiters:
             waiter = self._waiters.popleft()
             waiter.error = error
-            waiter.event.set()
+            waiter.signal.set()
         self._notify()
 
     @property
@@ -280,27 +285,31 @@ class Pool:
                     "raise pool_size/max_waiting",
                     code="CLIENT_POOL_EXHAUSTED",
                 )
-            waiter = _Handoff(anyio.Event())
+            waiter = _Handoff()
             self._waiters.append(waiter)
             try:
-                with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
-                    await waiter.event.wait()
-            except BaseException as exc:
-                if waiter.session is not None:
-                    self.checkin(waiter.session)  # it was handed to us: pass it on
-                elif waiter in self._waiters:
-                    self._waiters.remove(waiter)
-                if isinstance(exc, TimeoutError):
-                    raise RequestTimeout(
-                        "no connection became free before the deadline "
-                        f"({self.settings.size} connections, all busy or reconnecting)",
-                        timeout=max(0.0, deadline - anyio.current_time()),
-                    ) from None
+                handed = await waiter.signal.wait(deadline - anyio.current_time())
+            except BaseException:
+                self._withdraw(waiter)
                 raise
+            if not handed:
+                self._withdraw(waiter)
+                raise RequestTimeout(
+                    "no connection became free before the deadline "
+                    f"({self.settings.size} connections, all busy or reconnecting)",
+                    timeout=max(0.0, deadline - anyio.current_time()),
+                )
             if waiter.error is not None:
                 raise waiter.error
             if waiter.session is not None and waiter.session.inference_usable:
                 return waiter.session
+
+    def _withdraw(self, waiter: _Handoff) -> None:
+        """A waiter gave up (deadline, cancellation): pass on a session handed to it meanwhile."""
+        if waiter.session is not None:
+            self.checkin(waiter.session)
+        elif waiter in self._waiters:
+            self._waiters.remove(waiter)
 
     def checkin(self, session: Session) -> None:
         """Return a session after an inference; hand it to the longest waiter if any."""
@@ -313,9 +322,9 @@ class Pool:
             return
         while self._waiters:
             waiter = self._waiters.popleft()
-            if not waiter.event.is_set():
+            if not waiter.signal.is_set():
                 waiter.session = session
-                waiter.event.set()
+                waiter.signal.set()
                 return
         self._idle.append(session)
 

@@ -12,7 +12,6 @@ import logging
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -20,6 +19,7 @@ import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import wire
+from ._oneshot import oneshot
 from .errors import AuthError, ConnectError, ConnectionLost, RequestTimeout, TcmError
 from .protocol import (
     AuthAccepted,
@@ -49,18 +49,20 @@ class NotSent(ConnectionLost):
     """The connection ended before the request was written: it is safe to send elsewhere."""
 
 
-@dataclass(eq=False)
 class _Waiter:
-    """One pending request: set once, with an event or an error."""
+    """One pending request: resolved once, with a result or an error."""
 
-    event: anyio.Event
-    result: Any = None
-    error: TcmError | None = None
+    __slots__ = ("error", "result", "signal")
+
+    def __init__(self) -> None:
+        self.signal = oneshot()
+        self.result: Any = None
+        self.error: TcmError | None = None
 
     def resolve(self, result: Any = None, error: TcmError | None = None) -> None:
-        if not self.event.is_set():
+        if not self.signal.is_set():
             self.result, self.error = result, error
-            self.event.set()
+            self.signal.set()
 
 
 StreamItem = InferenceProgress | InferenceCompleted | TcmError
@@ -209,7 +211,14 @@ class Session:
         # No shield here (it costs more than the write): the transport raises a pending
         # cancellation before writing anything, and fails the connection if a write is cut
         # part-way, so a half-written frame can never be followed by another frame.
-        await self._transport.send_text(frame)
+        try:
+            await self._transport.send_text(frame)
+        except NotSent:
+            raise
+        except ConnectionLost as exc:
+            if exc.outcome_unknown:
+                raise  # the manager may have the frame: only the caller may decide to resend
+            raise NotSent(f"not sent: {exc}", close_code=exc.close_code, reason=exc.reason) from exc
 
     async def abort(self, reason: str) -> None:
         """Give up on this connection (closing it fails everything pending)."""
@@ -224,18 +233,17 @@ class Session:
         self, waiter: _Waiter, timeout: float, what: str, abandon: Callable[[], None]
     ) -> Any:
         try:
-            with anyio.fail_after(timeout):
-                await waiter.event.wait()
-        except TimeoutError:
+            answered = await waiter.signal.wait(timeout)
+        except BaseException:
+            abandon()  # cancelled: the late answer must not reach the next request
+            raise
+        if not answered:
             abandon()
             raise RequestTimeout(
                 f"no answer to the {what} within {timeout:g} s (the manager sends nothing for "
                 "some failures); raise `timeout` if the work is legitimately slow",
                 timeout=timeout,
-            ) from None
-        except BaseException:
-            abandon()  # cancelled: the late answer must not reach the next request
-            raise
+            )
         if waiter.error is not None:
             raise waiter.error
         return waiter.result
@@ -247,7 +255,7 @@ class Session:
     ) -> InferenceCompleted:
         """One HTTP-protocol inference (a single COMPLETED or FAILED frame)."""
         frame = self.protocol.send_inference(payload)
-        waiter = _Waiter(anyio.Event())
+        waiter = _Waiter()
         self._inference = waiter
         try:
             await self._send(frame)
@@ -282,7 +290,7 @@ class Session:
 
     async def info(self, action: str, timeout: float) -> wire.InfoResponsePayload:
         job_id, frame = self.protocol.send_info(action)
-        waiter = _Waiter(anyio.Event())
+        waiter = _Waiter()
         self._info[job_id] = waiter
 
         def abandon() -> None:
@@ -297,7 +305,7 @@ class Session:
 
     async def management(self, payload: dict[str, Any], timeout: float) -> wire.ManagementResult:
         request_id, frame = self.protocol.send_management(payload)
-        waiter = _Waiter(anyio.Event())
+        waiter = _Waiter()
         self._management[request_id] = waiter
 
         def abandon() -> None:

@@ -43,15 +43,20 @@ CLOSE_CODE_HINTS: dict[int, str] = {
 }
 
 
-def connection_lost(url: str, end: tuple[int, str] | None) -> ConnectionLost:
+def connection_lost(
+    url: str, end: tuple[int, str] | None, *, outcome_unknown: bool = False
+) -> ConnectionLost:
     """The error a transport raises once its connection is over (or closing, `end` None).
 
     Every transport maps the end of a connection the same way, so the layers above (and users)
-    see one error shape whatever transport runs underneath.
+    see one error shape whatever transport runs underneath. `outcome_unknown` is for a send
+    that failed once bytes may have left: the manager may have received the whole message and
+    acted on it (a management action must then not be reported as "not run").
     """
     if end is None:  # closing (aclose in progress): nothing can be sent any more
         return ConnectionLost(
-            f"the WebSocket connection to {url} is closing; open a new connection"
+            f"the WebSocket connection to {url} is closing; open a new connection",
+            outcome_unknown=outcome_unknown,
         )
     code, reason = end
     detail = f" ({reason})" if reason else ""
@@ -60,6 +65,7 @@ def connection_lost(url: str, end: tuple[int, str] | None) -> ConnectionLost:
         f"the WebSocket connection to {url} closed with code {code}{detail}: {hint}",
         close_code=code,
         reason=reason,
+        outcome_unknown=outcome_unknown,
     )
 
 
@@ -131,7 +137,12 @@ class Transport(Protocol):
     """
 
     async def send_text(self, data: bytes) -> None:
-        """Send one text message; `data` is UTF-8. Raises ConnectionLost if closed."""
+        """Send one text message; `data` is UTF-8. Raises ConnectionLost if closed.
+
+        The ConnectionLost says `outcome_unknown=True` when the connection failed once bytes
+        of this message may have left (the manager may have acted on it), False when it
+        failed before anything was written.
+        """
         ...
 
     async def receive(self) -> bytes:

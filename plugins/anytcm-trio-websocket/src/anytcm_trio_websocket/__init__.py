@@ -141,8 +141,9 @@ class TrioWebsocketTransport:
             try:
                 await self._connection.send_message(text)
             except ConnectionClosed as exc:
+                # trio-websocket may raise this part-way through a write as well as before it.
                 self._end_from(exc)
-                self._raise_lost()
+                self._raise_lost(outcome_unknown=True)
             except trio.Cancelled:
                 # trio's send_all may have written part of the frame: nothing that follows could
                 # be trusted, so the connection ends (as in the built-in transport).
@@ -190,8 +191,10 @@ class TrioWebsocketTransport:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _raise_lost(self) -> NoReturn:
-        raise connection_lost(self._url, self._end) from self._end_cause
+    def _raise_lost(self, *, outcome_unknown: bool = False) -> NoReturn:
+        raise connection_lost(
+            self._url, self._end, outcome_unknown=outcome_unknown
+        ) from self._end_cause
 
     def _set_end(self, code: int, reason: str, cause: BaseException | None = None) -> None:
         """Record how the connection ended; the first cause wins."""
