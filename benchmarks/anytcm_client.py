@@ -1,7 +1,8 @@
 """anytcm as a benchmark client: `anytcm.connect(url, pool_size=N)`, N tasks with one inference
-in flight each, outputs decoded with `InferResult.as_numpy` and an FP32 dtype.
+in flight each, outputs decoded with `InferResult.as_numpy` and the workload's output dtype.
 
-Run by `run_client_bench.py` on `--backend asyncio` and `--backend trio`; standalone:
+Run by `run_client_bench.py` on `--backend asyncio` and `--backend trio`; `--carrier` picks how
+inputs travel (default "auto": json when the frame fits, else shm). Standalone:
 `python benchmarks/anytcm_client.py --url ws://127.0.0.1:8000/ws --connections 8 --backend trio`.
 """
 
@@ -12,52 +13,41 @@ import time
 from typing import Any
 
 import anyio
-import numpy as np
 from _bench_common import (
     CONTAINER_ID,
-    LARGE_MODEL,
-    LARGE_SIZE,
     OUTPUT,
-    SMALL_MODEL,
     VM_IP,
     RequestFn,
     Timer,
+    Workload,
     check_output,
     emit,
     emit_error,
     parse_args,
-    small_input,
+    workload,
 )
 
 import anytcm
 
 TARGET = anytcm.Target(VM_IP, CONTAINER_ID)
-DTYPES = {OUTPUT: "FP32"}
 
 
-def make_request(client: anytcm.AsyncClient, scenario: str, x: Any) -> RequestFn:
-    if scenario == "small":
+def make_request(client: anytcm.AsyncClient, work: Workload, carrier: str) -> RequestFn:
+    model, name, x = work.model, work.input_name, work.x
+    dtypes = {OUTPUT: work.output_datatype}
 
-        async def request() -> Any:
-            result = await client.infer(
-                SMALL_MODEL, {"INPUT0": x}, target=TARGET, output_dtypes=DTYPES
-            )
-            return result.as_numpy(OUTPUT)
-
-    else:
-
-        async def request() -> Any:
-            result = await client.infer(
-                LARGE_MODEL, {"SIZE": x}, target=TARGET, output_dtypes=DTYPES
-            )
-            return result.as_numpy(OUTPUT)
+    async def request() -> Any:
+        result = await client.infer(
+            model, {name: x}, target=TARGET, output_dtypes=dtypes, carrier=carrier
+        )
+        return result.as_numpy(OUTPUT)
 
     return request
 
 
-async def drive(args: argparse.Namespace, fn: RequestFn, x: Any) -> list[dict[str, Any]]:
+async def drive(args: argparse.Namespace, fn: RequestFn, work: Workload) -> list[dict[str, Any]]:
     """`args.connections` tasks share one client (its pool), each with one request in flight."""
-    check_output(args.scenario, x, await fn())
+    check_output(work, await fn())
     timer = Timer(args.server_pid)
 
     async def run(count: int, record: bool) -> None:
@@ -88,15 +78,15 @@ async def drive(args: argparse.Namespace, fn: RequestFn, x: Any) -> list[dict[st
 
 
 async def main(args: argparse.Namespace) -> None:
-    label = f"anytcm[{args.backend}]"
-    x = small_input() if args.scenario == "small" else np.array([LARGE_SIZE], dtype=np.int64)
+    label = f"anytcm[{args.backend}]" + ("" if args.carrier == "auto" else f" {args.carrier}")
+    work = workload(args.scenario, args.size)
     try:
         async with anytcm.connect(args.url, pool_size=args.connections) as client:
             # connect() returns with the first connection up; wait for the whole pool.
             with anyio.fail_after(30):
                 while client.stats["open_connections"] < args.connections:  # noqa: ASYNC110 (no event for this)
                     await anyio.sleep(0.01)
-            runs = await drive(args, make_request(client, args.scenario, x), x)
+            runs = await drive(args, make_request(client, work, args.carrier), work)
             stats = client.stats
         emit(args, label, runs, anytcm_stats=stats)
     except Exception as exc:  # noqa: BLE001 - reported, not raised: the orchestrator shows it in the table

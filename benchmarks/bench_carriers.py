@@ -9,21 +9,25 @@ reply is tiny. For FP32 inputs of 64 KiB, 1 MiB, 16 MiB and 64 MiB it reports, p
 * client-side staging time against a plain `numpy.copyto` into an mmap of the same size;
 * the full `double` round trip (JSON reply included) at 1 and 16 MiB, to show where time goes.
 
-Run: `python benchmarks/bench_carriers.py` (writes benchmarks/results/carriers.md).
+Run: `python benchmarks/bench_carriers.py [asyncio|trio] [--quick]` (writes
+benchmarks/results/carriers.md and every figure in carriers.json; `--results` moves them).
 Targets: shm staging at most 1.5x the memcpy time; shm input path at least 1 GB/s at 16 MiB.
 """
 
 from __future__ import annotations
 
+import argparse
 import mmap
 import os
+import platform
 import statistics
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import numpy as np
+from _bench_common import add_results_argument, save_results
 
 import anytcm
 from anytcm.carrier import InputTensor
@@ -36,14 +40,19 @@ SIZES = {"64 KiB": 64 * 1024, "1 MiB": 1 << 20, "16 MiB": 16 << 20, "64 MiB": 64
 RESULTS = Path(__file__).parent / "results"
 
 
-def _repeats(nbytes: int) -> int:
-    return 30 if nbytes <= 1 << 20 else 8 if nbytes <= 16 << 20 else 4
+QUICK_SIZES = ("64 KiB", "1 MiB", "16 MiB")
 
 
-def memcpy_seconds(array: np.ndarray) -> float:
+def repeats(nbytes: int, quick: bool) -> int:
+    """Runs per figure (its median): fewer for big tensors, a quarter of them with --quick."""
+    full = 30 if nbytes <= 1 << 20 else 8 if nbytes <= 16 << 20 else 4
+    return max(2, full // 4) if quick else full
+
+
+def memcpy_seconds(array: np.ndarray, runs: int) -> float:
     """Median time of numpy.copyto into a fresh shared mapping of the same size."""
     times = []
-    for _ in range(_repeats(array.nbytes)):
+    for _ in range(runs):
         fd = os.open("/dev/shm", os.O_TMPFILE | os.O_RDWR, 0o600)
         try:
             os.ftruncate(fd, array.nbytes)
@@ -58,10 +67,10 @@ def memcpy_seconds(array: np.ndarray) -> float:
     return statistics.median(times)
 
 
-async def staging_seconds(carrier_name: str, array: np.ndarray) -> float:
+async def staging_seconds(carrier_name: str, array: np.ndarray, runs: int) -> float:
     carrier = load_carrier(carrier_name)
     times = []
-    for _ in range(_repeats(array.nbytes)):
+    for _ in range(runs):
         start = time.perf_counter()
         staged = await carrier.stage([InputTensor("INPUT0", array)])
         times.append(time.perf_counter() - start)
@@ -70,10 +79,10 @@ async def staging_seconds(carrier_name: str, array: np.ndarray) -> float:
 
 
 async def round_trip(
-    client: anytcm.AsyncClient, model: str, array: np.ndarray, carrier: str
+    client: anytcm.AsyncClient, model: str, array: np.ndarray, carrier: str, runs: int
 ) -> float:
     times = []
-    for _ in range(_repeats(array.nbytes)):
+    for _ in range(runs):
         start = time.perf_counter()
         result = await client.infer(model, {"INPUT0": array}, target=TARGET, carrier=carrier,
                                     output_dtypes={"OUTPUT0": np.float32}, timeout=120)  # fmt: skip
@@ -82,63 +91,112 @@ async def round_trip(
     return statistics.median(times)
 
 
-async def main(url: str) -> list[str]:
+async def main(url: str, sizes: dict[str, int], quick: bool) -> list[dict[str, Any]]:
+    """Every figure of the run, one dict a row: `table` "input" (the checksum round trip,
+    staging and memcpy) or "double" (the full round trip); `error` when the carrier could not
+    send the tensor."""
     carriers = [c for c in ("json", "shm", "zstd") if c in carrier_names()]
-    lines = [
-        (
-            "| size | carrier | checksum round trip ms | input MB/s | staging ms | memcpy ms | "
-            "staging / memcpy |"
-        ),
-        "|---|---|---|---|---|---|---|",
-    ]
+    rows: list[dict[str, Any]] = []
+    unsendable = (PayloadTooLarge, CarrierUnavailable, UnknownCarrier)
     rng = np.random.default_rng(0)
     async with anytcm.connect(url, pool_size=1, timeout=120) as client:
-        for label, nbytes in SIZES.items():
+        for label, nbytes in sizes.items():
             array = rng.random(nbytes // 4, dtype=np.float32)
-            copy = memcpy_seconds(array)
+            runs_per_figure = repeats(nbytes, quick)
+            copy = memcpy_seconds(array, runs_per_figure)
             sparse = np.zeros_like(array)  # compressible data: 1% non-zero
             sparse[::100] = array[::100]
-            runs = [(name, name, array) for name in carriers]
+            runs: list[tuple[str, str, np.ndarray]] = [(n, n, array) for n in carriers]
             if "zstd" in carriers:
                 runs.append(("zstd (1% non-zero)", "zstd", sparse))
             for label_carrier, name, data in runs:
+                row: dict[str, Any] = {"table": "input", "size": label, "bytes": nbytes}
+                row["carrier"] = label_carrier
                 try:
-                    rtt = await round_trip(client, "checksum", data, name)
-                except (PayloadTooLarge, CarrierUnavailable, UnknownCarrier) as exc:
-                    lines.append(
-                        f"| {label} | {label_carrier} | n/a ({type(exc).__name__}) | | | | |"
-                    )
-                    continue
-                stage = await staging_seconds(name, data)
-                lines.append(
-                    f"| {label} | {label_carrier} | {rtt * 1e3:.2f} | {nbytes / rtt / 1e6:.0f} | "
-                    f"{stage * 1e3:.2f} | {copy * 1e3:.3f} | {stage / copy:.2f}x |"
-                )
-                print(lines[-1], flush=True)
-        lines += [
-            "",
-            "| size | carrier | `double` round trip ms (JSON reply included) |",
-            "|---|---|---|",
-        ]
+                    rtt = await round_trip(client, "checksum", data, name, runs_per_figure)
+                except unsendable as exc:
+                    row["error"] = type(exc).__name__
+                else:
+                    stage = await staging_seconds(name, data, runs_per_figure)
+                    row.update(rtt_ms=rtt * 1e3, mb_s=nbytes / rtt / 1e6, staging_ms=stage * 1e3)
+                    row.update(memcpy_ms=copy * 1e3, staging_vs_memcpy=stage / copy)
+                rows.append(row)
+                print(render_row(row), flush=True)
         for label in ("1 MiB", "16 MiB"):
-            array = rng.random(SIZES[label] // 4, dtype=np.float32)
+            if label not in sizes:
+                continue
+            array = rng.random(sizes[label] // 4, dtype=np.float32)
+            runs_per_figure = repeats(array.nbytes, quick)
             for name in carriers:
+                row = {"table": "double", "size": label, "bytes": sizes[label], "carrier": name}
                 try:
-                    rtt = await round_trip(client, "double", array, name)
-                except (PayloadTooLarge, CarrierUnavailable, UnknownCarrier) as exc:
-                    lines.append(f"| {label} | {name} | n/a ({type(exc).__name__}) |")
-                    continue
-                lines.append(f"| {label} | {name} | {rtt * 1e3:.1f} |")
-                print(lines[-1], flush=True)
-    return lines
+                    rtt = await round_trip(client, "double", array, name, runs_per_figure)
+                    row["rtt_ms"] = rtt * 1e3
+                except unsendable as exc:
+                    row["error"] = type(exc).__name__
+                rows.append(row)
+                print(render_row(row), flush=True)
+    return rows
+
+
+INPUT_HEADER = [
+    (
+        "| size | carrier | checksum round trip ms | input MB/s | staging ms | memcpy ms | "
+        "staging / memcpy |"
+    ),
+    "|---|---|---:|---:|---:|---:|---:|",
+]
+DOUBLE_HEADER = [
+    "| size | carrier | `double` round trip ms (JSON reply included) |",
+    "|---|---|---:|",
+]
+
+
+def render_row(row: dict[str, Any]) -> str:
+    head = f"| {row['size']} | {row['carrier']} "
+    if row["table"] == "double":
+        if row.get("error"):
+            return head + f"| n/a ({row['error']}) |"
+        return head + f"| {row['rtt_ms']:.1f} |"
+    if row.get("error"):
+        return head + f"| n/a ({row['error']}) | | | | |"
+    return head + (
+        f"| {row['rtt_ms']:.2f} | {row['mb_s']:.0f} | {row['staging_ms']:.2f} "
+        f"| {row['memcpy_ms']:.3f} | {row['staging_vs_memcpy']:.2f}x |"
+    )
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    """The two Markdown tables of a run's rows."""
+    lines = INPUT_HEADER + [render_row(r) for r in rows if r["table"] == "input"]
+    lines += ["", *DOUBLE_HEADER] + [render_row(r) for r in rows if r["table"] == "double"]
+    return "\n".join(lines) + "\n"
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("backend", nargs="?", default="asyncio", choices=("asyncio", "trio"))
+    parser.add_argument(
+        "--quick", action="store_true", help="sizes up to 16 MiB, a quarter of the runs"
+    )
+    add_results_argument(parser, RESULTS / "carriers.json")
+    args = parser.parse_args()
+    sizes = {label: SIZES[label] for label in QUICK_SIZES} if args.quick else SIZES
+    server_args = ["--capability", "zstd"] if "zstd" in carrier_names() else []
+    with ReferenceManager(extra_args=server_args) as manager:
+        rows = anyio.run(main, manager.ws_url, sizes, args.quick, backend=args.backend)
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": platform.platform(),
+        "python": platform.python_version(),
+        "backend": args.backend,
+        "quick": args.quick,
+        "server_args": server_args,
+    }
+    table = render(rows)
+    save_results(args.results, {"meta": meta, "rows": rows}, table)
+    print(table)
 
 
 if __name__ == "__main__":
-    args = ["--capability", "zstd"] if "zstd" in carrier_names() else []
-    with ReferenceManager(extra_args=args) as manager:
-        table = anyio.run(
-            main, manager.ws_url, backend=sys.argv[1] if len(sys.argv) > 1 else "asyncio"
-        )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "carriers.md").write_text("\n".join(table) + "\n")
-    print("\n".join(table))
+    cli()

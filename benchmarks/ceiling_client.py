@@ -4,7 +4,8 @@ Plain `websockets` asyncio client (`compression=None`, `max_size=None`), orjson,
 each with its own uuid and one inference in flight. No deadlines, no reconnects, no error
 classification, no unsolicited-frame routing beyond skipping non-inference frames: it is a
 yardstick, not a client. Outputs are decoded the obvious way:
-`np.asarray(orjson.loads(frame)["payload"]["data"]["OUTPUT0"], dtype=np.float32)`.
+`np.asarray(orjson.loads(frame)["payload"]["data"]["OUTPUT0"], dtype=np.float32)` (float64 for
+the input sweep's `checksum` output). Inputs go as JSON, `x.tolist()` (float64 reprs).
 
 Run by `run_client_bench.py`; standalone:
 `python benchmarks/ceiling_client.py --url ws://127.0.0.1:8000/ws --connections 8`.
@@ -20,18 +21,15 @@ import numpy as np
 import orjson
 from _bench_common import (
     CONTAINER_ID,
-    LARGE_MODEL,
-    LARGE_SIZE,
     OUTPUT,
-    SMALL_MODEL,
-    SMALL_SIZE,
     VM_IP,
     RequestFn,
+    Workload,
     asyncio_drive,
     emit,
     emit_error,
     parse_args,
-    small_input,
+    workload,
 )
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -46,11 +44,9 @@ async def open_connection(url: str) -> tuple[ClientConnection, str]:
     return ws, client_uuid
 
 
-def make_request(ws: ClientConnection, client_uuid: str, scenario: str, x: Any) -> RequestFn:
-    if scenario == "small":
-        model, name, shape, datatype = SMALL_MODEL, "INPUT0", [SMALL_SIZE], "FP32"
-    else:
-        model, name, shape, datatype = LARGE_MODEL, "SIZE", [1], "INT64"
+def make_request(ws: ClientConnection, client_uuid: str, work: Workload) -> RequestFn:
+    model, name, datatype, x = work.model, work.input_name, work.input_datatype, work.x
+    shape, dtype = list(x.shape), np.dtype(work.output_numpy)
 
     async def request() -> Any:
         frame = {
@@ -75,18 +71,18 @@ def make_request(ws: ClientConnection, client_uuid: str, scenario: str, x: Any) 
         payload = reply["payload"]
         if payload["status"] != "COMPLETED":
             raise RuntimeError(f"inference failed: {payload!r}")
-        return np.asarray(payload["data"][OUTPUT], dtype=np.float32)
+        return np.asarray(payload["data"][OUTPUT], dtype=dtype)
 
     return request
 
 
 async def main() -> None:
     args = parse_args(__doc__.splitlines()[0] if __doc__ else None)
-    x = small_input() if args.scenario == "small" else np.array([LARGE_SIZE], dtype=np.int64)
+    work = workload(args.scenario, args.size)
     opened = [await open_connection(args.url) for _ in range(args.connections)]
     try:
-        fns = [make_request(ws, u, args.scenario, x) for ws, u in opened]
-        runs = await asyncio_drive(args, fns, x)
+        fns = [make_request(ws, u, work) for ws, u in opened]
+        runs = await asyncio_drive(args, fns, work)
         emit(args, "ceiling", runs)
     except Exception as exc:  # noqa: BLE001 - reported, not raised: the orchestrator shows it in the table
         emit_error(args, "ceiling", exc)

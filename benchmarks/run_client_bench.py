@@ -3,8 +3,9 @@
 One reference manager for the whole run; every client runs in its own subprocess so that its
 `time.process_time()` covers that client only. See `benchmarks/README.md`.
 
-Run: `/work/venv/bin/python benchmarks/run_client_bench.py [--quick] [--repeat 3]`.
-Writes `benchmarks/results/client_bench.md` and `client_bench.json`.
+Run: `/work/venv/bin/python benchmarks/run_client_bench.py [--quick] [--repeat 3]`; add
+`--only small,large,out,in` for the tensor-size sweeps too. Writes
+`benchmarks/results/client_bench.md` and `client_bench.json` (`--results` moves them).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 import timeit
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,14 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _bench_common import LARGE_SIZE, proc_cpu_seconds  # noqa: E402
+from _bench_common import (  # noqa: E402
+    LARGE_SIZE,
+    SCENARIOS,
+    SMALL_SIZE,
+    add_results_argument,
+    proc_cpu_seconds,
+    save_results,
+)
 
 VENDOR_VENV = HERE / ".venv-vendor"
 VENDOR_PYTHON = VENDOR_VENV / "bin" / "python"
@@ -36,6 +45,16 @@ RESULTS = HERE / "results"
 SERVER_SATURATED = 0.85
 # cores used by foreign processes during a run that still counts as clean
 OTHER_LOAD_CLEAN = 0.25
+# FP32 tensor sizes (bytes) of the sweeps: 64 B to 4 MiB, x16 a step. With the sweep's sparse
+# inputs, JSON requests fit the 64 KiB frame cap up to 16 KiB and zstd ones up to 1 MiB.
+SWEEP_BYTES = (64, 1 << 10, 16 << 10, 256 << 10, 1 << 20, 4 << 20)
+# Tensor bytes one timed run of a sweep point moves (fewer requests for bigger tensors), so
+# that a run takes ~1-2 s with the fastest client: JSON replies decode at ~30-40 MB/s, inputs
+# through shared memory go at ~1 GB/s.
+SWEEP_RUN_BYTES = {"out": 48 << 20, "in": 512 << 20}
+SWEEP_MAX_COUNT = 1000
+SWEEP_MIN_COUNT = 12
+DEFAULT_SCENARIOS = "small,large"
 
 
 @dataclass(frozen=True)
@@ -44,49 +63,82 @@ class ClientSpec:
     python: str
     script: str
     extra: tuple[str, ...] = ()
-    scenarios: tuple[str, ...] = ("small", "large")
+    scenarios: tuple[str, ...] = SCENARIOS
     count_scale: float = 1.0  # a slow client runs fewer requests (rates stay comparable)
+    min_size: int = 0  # runs only in cases whose tensor has at least this many elements
+
+    def runs(self, case: Case) -> bool:
+        return case.scenario in self.scenarios and case.size >= self.min_size
 
 
 @dataclass(frozen=True)
 class Case:
-    scenario: str  # small | large
+    scenario: str  # small | large | out | in (the sweeps)
     mode: str  # seq | conc
     connections: int
     count: int
     warmup: int
+    size: int  # FP32 elements of the tensor that scales (small: the input; others: see workload)
+
+    @property
+    def sweep(self) -> bool:
+        return self.scenario in ("out", "in")
 
 
-def clients(vendor: bool) -> list[ClientSpec]:
+def clients(vendor: bool, carriers: Sequence[str]) -> list[ClientSpec]:
+    """The clients; `carriers` are anytcm's carriers measured in the input sweep."""
     py = sys.executable
+    fixed_and_out = ("small", "large", "out")
     specs = [
-        ClientSpec("anytcm[asyncio]", py, "anytcm_client.py", ("--backend", "asyncio")),
-        ClientSpec("anytcm[trio]", py, "anytcm_client.py", ("--backend", "trio")),
-        ClientSpec("ceiling", py, "ceiling_client.py"),
-    ]
+        ClientSpec("anytcm[asyncio]", py, "anytcm_client.py", ("--backend", "asyncio"),
+                   scenarios=fixed_and_out),
+        ClientSpec("anytcm[trio]", py, "anytcm_client.py", ("--backend", "trio"),
+                   scenarios=fixed_and_out),
+    ]  # fmt: skip
+    # The input sweep compares carriers, on one backend (the backends differ elsewhere).
+    specs += [
+        ClientSpec(f"anytcm[asyncio] {name}", py, "anytcm_client.py",
+                   ("--backend", "asyncio", "--carrier", name), scenarios=("in",))
+        for name in carriers
+    ]  # fmt: skip
+    specs.append(ClientSpec("ceiling", py, "ceiling_client.py"))
     if vendor:
         specs += [
             ClientSpec("tcm-client", str(VENDOR_PYTHON), "vendor_client.py"),
+            # The SDK's 1 MiB max_size refuses the JSON of an FP32 [262144] reply (~2.8 MB):
+            # the patched SDK gives a figure from there on.
             ClientSpec(
                 "tcm-client(max_size=None)",
                 str(VENDOR_PYTHON),
                 "vendor_client.py",
                 ("--vendor-max-size", "none"),
-                scenarios=("large",),
+                scenarios=("large", "out"),
                 count_scale=0.25,
+                min_size=LARGE_SIZE,
             ),
         ]
     return specs
 
 
-def cases(quick: bool) -> list[Case]:
+def sweep_count(scenario: str, nbytes: int) -> int:
+    """Requests per timed run of a sweep point: SWEEP_RUN_BYTES of tensor data, within bounds."""
+    return max(SWEEP_MIN_COUNT, min(SWEEP_MAX_COUNT, SWEEP_RUN_BYTES[scenario] // nbytes))
+
+
+def cases(quick: bool, sweep_bytes: tuple[int, ...] = SWEEP_BYTES) -> list[Case]:
     k = 5 if quick else 1
-    return [
-        Case("small", "seq", 1, 2000 // k, 200 // k),
-        Case("small", "conc", 8, 4000 // k, 400 // k),
-        Case("large", "seq", 1, 100 // k, 10 // k),
-        Case("large", "conc", 8, 160 // k, 16 // k),
+    fixed = [
+        Case("small", "seq", 1, 2000 // k, 200 // k, SMALL_SIZE),
+        Case("small", "conc", 8, 4000 // k, 400 // k, SMALL_SIZE),
+        Case("large", "seq", 1, 100 // k, 10 // k, LARGE_SIZE),
+        Case("large", "conc", 8, 160 // k, 16 // k, LARGE_SIZE),
     ]
+    sweeps = []
+    for scenario in ("out", "in"):
+        for nbytes in sweep_bytes:
+            count = max(1, sweep_count(scenario, nbytes) // k)
+            sweeps.append(Case(scenario, "seq", 1, count, max(2, count // 10), nbytes // 4))
+    return fixed + sweeps
 
 
 # -- vendor venv -------------------------------------------------------------------------------
@@ -124,6 +176,7 @@ def run_client(
         str(HERE / spec.script),
         "--url", url,
         "--scenario", case.scenario,
+        "--size", str(case.size),
         "--connections", str(case.connections),
         "--count", str(max(1, int(case.count * spec.count_scale))),
         "--warmup", str(max(1, int(case.warmup * spec.count_scale))),
@@ -302,10 +355,13 @@ def build_report(data: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     )
     summary: dict[tuple[str, str, str], dict[str, Any]] = {}
     for entry in data["results"]:
-        summary[(entry["scenario"], entry["mode"], entry["client"])] = entry["summary"]
+        if entry["scenario"] in ("small", "large"):
+            summary[(entry["scenario"], entry["mode"], entry["client"])] = entry["summary"]
 
     for case in data["cases"]:
         sc, mode = case["scenario"], case["mode"]
+        if sc not in ("small", "large"):
+            continue
         title = (
             "small: `double` FP32[16]" if sc == "small" else f"large: `generate` FP32[{LARGE_SIZE}]"
         )
@@ -348,6 +404,8 @@ def build_report(data: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
                 "`tcm-client(max_size=None)` when the SDK as shipped fails.)"
             )
 
+    lines.extend(sweep_report(data))
+
     out("\n## Reference manager CPU per scenario\n")
     out(
         "| scenario | mode | server CPU s (all clients, incl. warm-up) | wall s "
@@ -355,8 +413,11 @@ def build_report(data: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     )
     out("|---|---|---:|---:|---:|")
     for sc_entry in data["server_cpu"]:
+        where = sc_entry["scenario"]
+        if where in ("out", "in"):
+            where += f" {fmt_bytes(4 * sc_entry['size'])}"
         out(
-            f"| {sc_entry['scenario']} | {sc_entry['mode']} | {sc_entry['cpu_s']:.2f} "
+            f"| {where} | {sc_entry['mode']} | {sc_entry['cpu_s']:.2f} "
             f"| {sc_entry['wall_s']:.1f} | {fmt(sc_entry['max_util'], 2)} |"
         )
 
@@ -380,6 +441,113 @@ def build_report(data: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
             f"| {t['result']} |"
         )
     return "\n".join(lines) + "\n", targets
+
+
+SWEEP_TITLES = {
+    "out": (
+        "Tensor-size sweep, outputs: `generate`, request SIZE INT64[1], reply OUTPUT0 FP32[n] "
+        "(JSON, the only way outputs travel)"
+    ),
+    "in": (
+        "Tensor-size sweep, inputs: `checksum`, request INPUT0 FP32[n] (1% non-zero) by carrier, "
+        "reply OUTPUT0 FP64[1]"
+    ),
+}
+
+
+def fmt_bytes(nbytes: int) -> str:
+    """64 B, 16 KiB, 4 MiB: the sweep's sizes are powers of two."""
+    for unit, shift in (("MiB", 20), ("KiB", 10)):
+        if nbytes >= 1 << shift and nbytes % (1 << shift) == 0:
+            return f"{nbytes >> shift} {unit}"
+    return f"{nbytes} B"
+
+
+def brief(error: str, limit: int = 110) -> str:
+    """The head of an error message, fit for a table cell."""
+    head = error.split("; ")[0].replace("|", "/")  # websockets: "sent 1009 (...); no close..."
+    return head if len(head) <= limit else head[: limit - 1] + "…"
+
+
+def sweep_points(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per sweep scenario, tensor size and client, in run order: `scenario`, `bytes`
+    (FP32 tensor bytes), `client`, `requests` (per timed run) and the client's `summary`."""
+    rows = []
+    for entry in data["results"]:
+        if entry["scenario"] not in ("out", "in"):
+            continue
+        runs = entry["raw"].get("runs") or [{}]
+        rows.append(
+            {
+                "scenario": entry["scenario"],
+                "bytes": 4 * entry["size"],
+                "client": entry["client"],
+                "requests": runs[0].get("requests"),
+                "summary": entry["summary"],
+            }
+        )
+    return rows
+
+
+def sweep_reference(rows: list[dict[str, Any]], label: str) -> dict[str, Any]:
+    """The summary of client `label` among one size's rows; for tcm-client, the patched SDK's
+    when the SDK as shipped failed (as in the large case)."""
+    by_client = {r["client"]: r["summary"] for r in rows}
+    found = by_client.get(label) or {}
+    if label == "tcm-client" and (found.get("error") or found.get("rps") is None):
+        found = by_client.get("tcm-client(max_size=None)") or found
+    return {} if found.get("error") else found
+
+
+def sweep_report(data: dict[str, Any]) -> list[str]:
+    """Markdown tables of the sweeps: per size and client, rate, throughput, latency, CPU and
+    the ratios to tcm-client and to the ceiling client at the same size."""
+    points = sweep_points(data)
+    lines: list[str] = []
+    for scenario, title in SWEEP_TITLES.items():
+        rows = [r for r in points if r["scenario"] == scenario]
+        if not rows:
+            continue
+        lines.append(f"\n## {title} — sequential, 1 connection\n")
+        lines.append(
+            "| size | client | req/run | req/s | MB/s | p50 ms | p99 ms | CPU ms/req "
+            "| CPU vs tcm-client | CPU vs ceiling | req/s vs tcm-client | req/s vs ceiling "
+            "| server CPU ms/req | other load | runs used |"
+        )
+        lines.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for nbytes in sorted({r["bytes"] for r in rows}):
+            same_size = [r for r in rows if r["bytes"] == nbytes]
+            vendor = sweep_reference(same_size, "tcm-client")
+            ceiling = sweep_reference(same_size, "ceiling")
+            for r in same_size:
+                row = r["summary"]
+                head = f"| {fmt_bytes(nbytes)} | {r['client']} "
+                if row.get("error"):
+                    lines.append(head + f"| failed: {brief(row['error'])} |" + " |" * 12)
+                    continue
+                mb_s = row["rps"] * nbytes / 1e6 if row["rps"] is not None else None
+                lines.append(
+                    head + f"| {r['requests']} | {fmt(row['rps'], 0)} | {fmt(mb_s, 1)} "
+                    f"| {fmt(row['p50_ms'])} | {fmt(row['p99_ms'])} "
+                    f"| {fmt(row['cpu_ms_per_req'])} "
+                    f"| {ratio(row['cpu_ms_per_req'], vendor.get('cpu_ms_per_req'))} "
+                    f"| {ratio(row['cpu_ms_per_req'], ceiling.get('cpu_ms_per_req'))} "
+                    f"| {ratio(row['rps'], vendor.get('rps'))} "
+                    f"| {ratio(row['rps'], ceiling.get('rps'))} "
+                    f"| {fmt(row['server_cpu_ms_per_req'])} | {fmt(row['other_util'], 2)} "
+                    f"| {row['runs_used']} |"
+                )
+    if points:
+        lines.append(
+            "\nMB/s = req/s times the tensor's bytes (the FP32 tensor of the size column, not "
+            "the JSON around it) / 10^6. Ratios compare clients at the same size; tcm-client "
+            "ratios use `tcm-client(max_size=None)` where the SDK as shipped fails. In the "
+            "input sweep, ceiling and tcm-client send JSON; a *failed* row over 16 KiB is a "
+            "request over the manager's 64 KiB frame cap (anytcm refuses it unsent: "
+            "`PayloadTooLarge`; the others send it and the manager closes the connection with "
+            "1009)."
+        )
+    return lines
 
 
 def evaluate_targets(
@@ -489,16 +657,69 @@ def evaluate_targets(
     return targets
 
 
-def write_report(data: dict[str, Any]) -> None:
+def write_report(data: dict[str, Any], results: Path) -> None:
+    """Writes the JSON (every raw figure) to `results` and the Markdown report beside it."""
     report, targets = build_report(data)
     data["targets"] = targets
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "client_bench.md").write_text(report)
-    (RESULTS / "client_bench.json").write_text(json.dumps(data, indent=1))
+    save_results(results, data, report)
     print(report)
 
 
+def load_results(results: Path) -> dict[str, Any]:
+    """A saved run, its summaries recomputed from the raw figures (the rules may have changed)."""
+    saved: dict[str, Any] = json.loads(results.read_text())
+    for entry in saved["results"]:
+        entry["summary"] = summarize(entry["raw"])
+    return saved
+
+
 # -- main --------------------------------------------------------------------------------------
+
+
+def run_case(
+    case: Case, specs: list[ClientSpec], url: str, pid: int, repeat: int
+) -> dict[str, dict[str, Any]]:
+    """Every client of `case`, `repeat` rounds; returns each client's runs merged (by label).
+
+    Rounds are interleaved (A B C D, A B C D, ...) so that a burst of foreign load on the
+    machine does not land on one client's runs only. A client that failed without a single run
+    is not started again: here that is deterministic (a request over the frame cap, a reply
+    over the SDK's max_size).
+    """
+    records: dict[str, dict[str, Any]] = {}
+    where = f"{case.scenario} {fmt_bytes(4 * case.size)}" if case.sweep else case.scenario
+    for rep in range(repeat):
+        for spec in specs:
+            merged = records.get(spec.label)
+            if merged is not None and merged.get("error") and not merged["runs"]:
+                continue
+            t0 = time.perf_counter()
+            record = run_client(spec, case, url, pid, 1)
+            merged = records.setdefault(spec.label, {**record, "runs": []})
+            merged["runs"].extend(record.get("runs") or [])
+            if record.get("error") and not merged.get("error"):
+                merged["error"] = record["error"]
+            run = (record.get("runs") or [None])[0]
+            status = record.get("error") or (
+                f"{run['rps']:.0f} req/s, {run['cpu_ms_per_req']:.3f} CPU ms/req, "
+                f"server util {fmt(run['server_util'], 2)}, "
+                f"other load {fmt(run['other_util'], 2)}"
+            )
+            print(
+                f"  {where:12} {case.mode:4} #{rep + 1} {spec.label:26} "
+                f"{time.perf_counter() - t0:5.1f} s  {status[:150]}",
+                file=sys.stderr,
+            )
+    return records
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """`--sizes 64,1024`: a subset of the sweep's sizes, in bytes; ValueError otherwise."""
+    sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    unknown = [n for n in sizes if n not in SWEEP_BYTES]
+    if unknown:
+        raise ValueError(f"{unknown} not among the sweep's sizes {list(SWEEP_BYTES)}")
+    return sizes
 
 
 def main() -> int:
@@ -510,18 +731,36 @@ def main() -> int:
     parser.add_argument(
         "--report-only",
         action="store_true",
-        help="re-render the report from results/client_bench.json without running anything",
+        help="re-render the report from the results JSON without running anything",
     )
-    parser.add_argument("--only", default="", help="comma-separated scenarios: small,large")
+    parser.add_argument(
+        "--only",
+        default=DEFAULT_SCENARIOS,
+        help="comma-separated scenarios among small,large,out,in (out, in: the tensor-size "
+        f"sweeps); default {DEFAULT_SCENARIOS}",
+    )
+    parser.add_argument(
+        "--sizes",
+        default=",".join(map(str, SWEEP_BYTES)),
+        help="comma-separated tensor sizes in bytes of the sweeps (a subset of the default)",
+    )
+    add_results_argument(parser, RESULTS / "client_bench.json")
     args = parser.parse_args()
 
     if args.report_only:
-        saved: dict[str, Any] = json.loads((RESULTS / "client_bench.json").read_text())
-        for entry in saved["results"]:
-            entry["summary"] = summarize(entry["raw"])
-        write_report(saved)
+        write_report(load_results(args.results), args.results)
         return 0
 
+    scenarios = [name for name in args.only.split(",") if name]
+    unknown = sorted(set(scenarios) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"--only: unknown scenarios {unknown}; choose among {', '.join(SCENARIOS)}")
+    try:
+        sizes = parse_sizes(args.sizes)
+    except ValueError as exc:
+        parser.error(f"--sizes: {exc}")
+
+    from anytcm.plugins import carrier_names
     from anytcm.testing import ReferenceManager
 
     vendor = not args.no_vendor
@@ -531,8 +770,11 @@ def main() -> int:
         vendor = False
 
     server_args = ["--workers", f"inference={args.inference_workers}"]
-    selected = [c for c in cases(args.quick) if not args.only or c.scenario in args.only.split(",")]
-    specs = clients(vendor)
+    carriers = [name for name in ("json", "shm", "zstd") if name in carrier_names()]
+    if "in" in scenarios and "zstd" in carriers:
+        server_args += ["--capability", "zstd"]  # the manager accepts zstd items only then
+    selected = [c for c in cases(args.quick, sizes) if c.scenario in scenarios]
+    specs = clients(vendor, carriers)
     data: dict[str, Any] = {
         "meta": {
             "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -555,48 +797,28 @@ def main() -> int:
         print(f"reference manager {url} (pid {pid})", file=sys.stderr)
         for case in selected:
             cpu0, wall0 = proc_cpu_seconds(pid), time.perf_counter()
-            active = [s for s in specs if case.scenario in s.scenarios]
-            records: dict[str, dict[str, Any]] = {}
-            # Repeats are interleaved (A B C D, A B C D, ...) so that a burst of foreign load
-            # on the machine does not land on one client's runs only.
-            for rep in range(args.repeat):
-                for spec in active:
-                    t0 = time.perf_counter()
-                    record = run_client(spec, case, url, pid, 1)
-                    merged = records.setdefault(spec.label, {**record, "runs": []})
-                    merged["runs"].extend(record.get("runs") or [])
-                    if record.get("error") and not merged.get("error"):
-                        merged["error"] = record["error"]
-                    run = (record.get("runs") or [None])[0]
-                    status = record.get("error") or (
-                        f"{run['rps']:.0f} req/s, {run['cpu_ms_per_req']:.3f} CPU ms/req, "
-                        f"server util {fmt(run['server_util'], 2)}, "
-                        f"other load {fmt(run['other_util'], 2)}"
-                    )
-                    print(
-                        f"  {case.scenario:5} {case.mode:4} #{rep + 1} {spec.label:26} "
-                        f"{time.perf_counter() - t0:5.1f} s  {status}",
-                        file=sys.stderr,
-                    )
+            active = [s for s in specs if s.runs(case)]
+            records = run_case(case, active, url, pid, args.repeat)
             utils: list[float] = []
             for spec in active:
-                record = records[spec.label]
-                summary = summarize(record)
+                summary = summarize(records[spec.label])
                 if summary.get("server_util") is not None:
                     utils.append(summary["server_util"])
                 data["results"].append(
                     {
                         "scenario": case.scenario,
                         "mode": case.mode,
+                        "size": case.size,
                         "client": spec.label,
                         "summary": summary,
-                        "raw": record,
+                        "raw": records[spec.label],
                     }
                 )
             data["server_cpu"].append(
                 {
                     "scenario": case.scenario,
                     "mode": case.mode,
+                    "size": case.size,
                     "cpu_s": proc_cpu_seconds(pid) - cpu0,
                     "wall_s": time.perf_counter() - wall0,
                     "max_util": max(utils) if utils else None,
@@ -609,9 +831,9 @@ def main() -> int:
             print(f"decode benchmark failed: {exc}", file=sys.stderr)
     data["meta"]["elapsed_s"] = time.perf_counter() - started
 
-    write_report(data)
+    write_report(data, args.results)
     print(
-        f"(written to {RESULTS}/client_bench.md and .json; {data['meta']['elapsed_s']:.0f} s)",
+        f"(written to {args.results} and .md; {data['meta']['elapsed_s']:.0f} s)",
         file=sys.stderr,
     )
     return 0

@@ -11,8 +11,9 @@ Runs in its own venv (`benchmarks/.venv-vendor`, made by `run_client_bench.py`).
 pydantic models, `json.dumps` them and `json.loads` the reply on one socket (one request in
 flight per client, which is also what the protocol allows). The SDK has no output decoding, so
 the output is decoded the way its `run_inference` helper builds inputs, with numpy:
-`np.asarray(resp["payload"]["data"]["OUTPUT0"], dtype=np.float32)`. Concurrency: N clients, each
-with its own uuid (the SDK has no pool).
+`np.asarray(resp["payload"]["data"]["OUTPUT0"], dtype=np.float32)` (float64 for the input
+sweep's `checksum` output). Concurrency: N clients, each with its own uuid (the SDK has no
+pool).
 
 The SDK opens its socket with `websockets.asyncio.client.connect(uri)` and no options, so it gets
 the library defaults: permessage-deflate on, and `max_size` 1 MiB, which a ~3 MB output exceeds
@@ -32,27 +33,23 @@ import numpy as np
 import tcm_client
 from _bench_common import (
     CONTAINER_ID,
-    LARGE_MODEL,
-    LARGE_SIZE,
     OUTPUT,
-    SMALL_MODEL,
     VM_IP,
     RequestFn,
+    Workload,
     asyncio_drive,
     emit,
     emit_error,
     parse_args,
-    small_input,
+    workload,
 )
 from tcm_client import AuthContext, TcmWebSocketClient
 from tcm_client.sdk import InferenceInput
 
 
-def make_request(client: TcmWebSocketClient, scenario: str, x: Any) -> RequestFn:
-    if scenario == "small":
-        model, name, datatype = SMALL_MODEL, "INPUT0", "FP32"
-    else:
-        model, name, datatype = LARGE_MODEL, "SIZE", "INT64"
+def make_request(client: TcmWebSocketClient, work: Workload) -> RequestFn:
+    model, name, datatype, x = work.model, work.input_name, work.input_datatype, work.x
+    dtype = np.dtype(work.output_numpy)
 
     async def request() -> Any:
         inputs = [
@@ -68,7 +65,7 @@ def make_request(client: TcmWebSocketClient, scenario: str, x: Any) -> RequestFn
         payload = resp["payload"]
         if payload.get("status") != "COMPLETED":
             raise RuntimeError(f"inference failed: {resp!r}")
-        return np.asarray(payload["data"][OUTPUT], dtype=np.float32)
+        return np.asarray(payload["data"][OUTPUT], dtype=dtype)
 
     return request
 
@@ -80,7 +77,7 @@ async def main() -> None:
         from websockets.asyncio.client import connect
 
         tcm_client.sdk.connect = functools.partial(connect, max_size=None)
-    x = small_input() if args.scenario == "small" else np.array([LARGE_SIZE], dtype=np.int64)
+    work = workload(args.scenario, args.size)
     clients: list[TcmWebSocketClient] = []
     try:
         for _ in range(args.connections):
@@ -89,8 +86,8 @@ async def main() -> None:
             await client.__aenter__()
             clients.append(client)
             await client.auth()
-        fns = [make_request(c, args.scenario, x) for c in clients]
-        runs = await asyncio_drive(args, fns, x)
+        fns = [make_request(c, work) for c in clients]
+        runs = await asyncio_drive(args, fns, work)
         emit(args, label, runs, sdk_version=tcm_client.__version__)
     except Exception as exc:  # noqa: BLE001 - reported, not raised: the orchestrator shows it in the table
         emit_error(args, label, exc, sdk_version=tcm_client.__version__)

@@ -51,6 +51,7 @@ _EXPORTS = {
     "UnknownCarrier": "errors",
     "CarrierUnavailable": "errors",
     "ClientClosed": "errors",
+    "SyncClient": "sync_client",
 }
 
 __all__ = (
@@ -81,6 +82,7 @@ __all__ = (
     "SHMReference",
     "ServerShutdown",
     "StreamEvent",
+    "SyncClient",
     "Target",
     "TcmError",
     "Tensor",
@@ -137,4 +139,5 @@ if TYPE_CHECKING:
     from .results import TensorSpec as TensorSpec
     from .retry import Retry as Retry
     from .retry import RetryPolicy as RetryPolicy
+    from .sync_client import SyncClient as SyncClient
     from .wire import SHMReference as SHMReference

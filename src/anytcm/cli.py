@@ -1,19 +1,255 @@
-"""The `anytcm` command line."""
+"""The `anytcm` command line (also `python -m anytcm`): the argparse front.
+
+Each command lives in its own `_cli_<command>` module as a function of a `CliContext` (the
+global options) returning an exit code; this module only parses, dispatches, and turns
+expected failures into one line on stderr and the exit code `_cli_errors` assigns. Modules are
+imported when their command runs, so `anytcm --help` stays fast and the reference manager's
+dependencies are needed only by `demo` and `serve-dev`.
+
+The global options (`--url`, `--token`, `--json`, `--timeout`, `--backend`, `--verbose`) are
+accepted before or after the command: `anytcm --json ready` and `anytcm ready --json` agree.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import sys
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from . import __version__
+from ._cli_context import BACKENDS, DEFAULT_TIMEOUT, DEFAULT_URL, CliContext
+from ._cli_errors import (
+    EXIT_CODES_HELP,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXPECTED_ERRORS,
+    UsageError,
+    contains_interrupt,
+    describe,
+    exit_code_for,
+    report,
+)
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+URL_VARIABLE = "ANYTCM_URL"
+TOKEN_VARIABLE = "ANYTCM_TOKEN"
+
+
+def _ws_url(text: str) -> str:
+    if not text.startswith(("ws://", "wss://")):
+        raise argparse.ArgumentTypeError(
+            f"not a WebSocket URL: {text!r} (expected ws://HOST:PORT/ws or wss://...)"
+        )
+    return text
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0..65535 (0 picks a free one), got {text}")
+    return value
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, with_defaults: bool) -> None:
+    """The global options; on subcommands their default is SUPPRESS, so that a value given
+    before the command is not overwritten by the subcommand's default."""
+
+    def default(value: Any) -> Any:
+        return value if with_defaults else argparse.SUPPRESS
+
+    group = parser.add_argument_group("global options")
+    # --url and --token default to None and are resolved from the environment after parsing,
+    # so that no parser (nor the generated CLI reference) ever holds the caller's token.
+    group.add_argument(
+        "--url",
+        type=_ws_url,
+        default=default(None),
+        help=f"the manager's WebSocket URL (default: ${URL_VARIABLE}, else {DEFAULT_URL})",
+    )
+    group.add_argument(
+        "--token",
+        default=default(None),
+        help=f"the manager's auth token (default: ${TOKEN_VARIABLE}); never printed",
+    )
+    group.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="machine-readable output: one JSON document on stdout",
+    )
+    group.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=default(DEFAULT_TIMEOUT),
+        metavar="SECONDS",
+        help=f"deadline of connecting and of each call (default {DEFAULT_TIMEOUT:g})",
+    )
+    group.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=default("asyncio"),
+        help="the async library to run on (default asyncio; trio needs anytcm[trio])",
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default(False),
+        help="log what the client does (connections, retries) on stderr",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="anytcm", description="Tools for the Triton Client Manager (TCM) WebSocket API."
+        prog="anytcm",
+        description="Tools for the Triton Client Manager (TCM) WebSocket API.",
+        epilog=EXIT_CODES_HELP,
     )
     parser.add_argument("--version", action="version", version=f"anytcm {__version__}")
+    _add_global_options(parser, with_defaults=True)
+    shared = argparse.ArgumentParser(add_help=False)
+    _add_global_options(shared, with_defaults=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=summary, description=description, epilog=EXIT_CODES_HELP, parents=[shared]
+        )
+
+    demo = command(
+        "demo",
+        "start a local reference manager and run every carrier, a stream and queue_stats",
+        "Start the reference manager (shared memory on; zstd when anytcm-zstd is installed), "
+        "run the 'double' model through every carrier at 4 KiB and 1 MiB (json must refuse "
+        "1 MiB: over the 64 KiB frame cap), a stream and a queue_stats call, print a table "
+        "and stop the manager. Exit 0 when every check passes, 1 otherwise. Ignores --url and "
+        "--token: it talks to the manager it starts.",
+    )
+    demo.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=5,
+        help="timed calls per row; the table shows their median (default 5)",
+    )
+    demo.add_argument(
+        "--port", type=_port, default=0, help="port of the reference manager (default: a free one)"
+    )
+    demo.add_argument(
+        "--carrier",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run only this carrier (json, shm, zstd); repeatable (default: every one installed)",
+    )
+
+    command(
+        "ready",
+        "ask the manager's readiness probe (GET /ready)",
+        "GET /ready of the manager behind --url. Exit 0 ready, 1 not ready (it answered, e.g. "
+        "503 while starting or draining), 2 unreachable or bad usage.",
+    )
+
+    stats = command(
+        "queue-stats",
+        "print the manager's queue statistics, or load it with --repeat",
+        "One info queue_stats call, printed. With --repeat N: N calls, --concurrency at a "
+        "time, a progress bar, then latency percentiles (p50/p95/p99) and requests/s.",
+    )
+    stats.add_argument("--repeat", type=_positive_int, metavar="N", help="load mode: N calls")
+    stats.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        metavar="C",
+        help="load mode: calls in flight at once (default 1; needs --repeat)",
+    )
+    stats.add_argument(
+        "--pool-size",
+        type=_positive_int,
+        metavar="P",
+        help="load mode: connections to open (default: min(concurrency, 8))",
+    )
+
+    infer = command(
+        "infer",
+        "run one inference from .npy/.npz/.json inputs",
+        "Run MODEL on the target server (--vm-ip, --container-id) with inputs read from "
+        "files; print the outputs, or save them with --save.",
+    )
+    from ._cli_inputs import INPUT_HELP
+
+    infer.add_argument("model", help="the model name")
+    infer.add_argument("--vm-ip", required=True, help="the target Triton server's VM address")
+    infer.add_argument("--container-id", required=True, help="the target server's container id")
+    infer.add_argument(
+        "--input", action="append", default=[], required=True, metavar="INPUT", help=INPUT_HELP
+    )
+    infer.add_argument(
+        "--carrier",
+        default="auto",
+        help="how inputs travel: auto (json when it fits 64 KiB, else shm), json, shm, a "
+        "plugin's name, or a preference list such as zstd,auto (see `anytcm carriers list`)",
+    )
+    infer.add_argument(
+        "--output-dtype",
+        action="append",
+        default=[],
+        metavar="NAME=DATATYPE",
+        help="decode output NAME as this Triton datatype (e.g. OUTPUT0=FP32); repeatable. "
+        "Without it, integers decode as INT64 and floats as FP64 (outputs carry no datatype)",
+    )
+    infer.add_argument(
+        "--save",
+        metavar="FILE.npz",
+        help="save the outputs to an .npz archive (BYTES as fixed-width bytes, no pickle)",
+    )
+    infer.add_argument(
+        "--allow-transient",
+        action="store_true",
+        help="let the manager reach a server it has not registered (request.allow_transient)",
+    )
+
+    carriers = commands.add_parser(
+        "carriers",
+        help="list carrier (and transport) plugins",
+        description="Carrier plugins (how tensors travel) and transports.",
+    )
+    carrier_commands = carriers.add_subparsers(dest="carriers_command", required=True)
+    carrier_commands.add_parser(
+        "list",
+        help="every carrier and transport with its distribution and version",
+        description="Every registered carrier (entry points 'anytcm.carriers') and transport "
+        "('anytcm.transports'), with the distribution and version providing it. Imports none.",
+        parents=[shared],
+    )
+
     serve = commands.add_parser(
         "serve-dev",
         help="run the reference manager (a local TCM server) in the foreground",
@@ -26,9 +262,112 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _context(args: argparse.Namespace) -> CliContext:
+    url = args.url or os.environ.get(URL_VARIABLE) or DEFAULT_URL
+    try:
+        _ws_url(url)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"${URL_VARIABLE}: {exc}") from None
+    return CliContext(
+        url=url,
+        token=args.token if args.token is not None else os.environ.get(TOKEN_VARIABLE) or None,
+        json=args.json,
+        timeout=args.timeout,
+        backend=args.backend,
+    )
+
+
+def _dispatch(args: argparse.Namespace, context: CliContext) -> int:
+    if args.command == "demo":
+        from ._cli_demo import run_demo
+
+        return run_demo(context, rounds=args.rounds, port=args.port, only=args.carrier)
+    if args.command == "ready":
+        from ._cli_ready import run_ready
+
+        return run_ready(context)
+    if args.command == "queue-stats":
+        from ._cli_queue_stats import LoadOptions, run_queue_stats
+
+        if args.repeat is None:
+            if args.concurrency is not None or args.pool_size is not None:
+                raise UsageError("--concurrency and --pool-size need --repeat N (load mode)")
+            return run_queue_stats(context, None)
+        concurrency = min(args.concurrency or 1, args.repeat)
+        pool_size = args.pool_size or min(concurrency, 8)
+        return run_queue_stats(context, LoadOptions(args.repeat, concurrency, pool_size))
+    if args.command == "infer":
+        from ._cli_infer import InferOptions, check_save_path, run_infer
+        from ._cli_inputs import parse_output_dtypes, read_inputs
+        from .results import Target
+
+        carriers = tuple(name.strip() for name in args.carrier.split(",") if name.strip())
+        options = InferOptions(
+            model=args.model,
+            target=Target(args.vm_ip, args.container_id),
+            inputs=read_inputs(args.input),
+            carrier=carriers or ("auto",),
+            output_dtypes=parse_output_dtypes(args.output_dtype),
+            save=check_save_path(args.save),
+            allow_transient=args.allow_transient,
+        )
+        return run_infer(context, options)
+    if args.command == "carriers":
+        from ._cli_carriers import run_carriers_list
+
+        return run_carriers_list(context)
+    raise AssertionError(f"unhandled command {args.command!r}")  # argparse allows no other
+
+
+def _configure_logging(verbose: bool) -> None:
+    """-v: the client's log on stderr. Otherwise none: failures arrive as one line each, and
+    Python's last-resort handler would print the client's warnings a second time."""
+    if verbose:
+        logging.basicConfig(
+            level=logging.INFO,
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+    else:
+        library = logging.getLogger("anytcm")
+        if not any(isinstance(h, logging.NullHandler) for h in library.handlers):
+            library.addHandler(logging.NullHandler())
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Parse and run one command; returns its exit code (argparse exits 2 by itself)."""
     args = build_parser().parse_args(argv)
     if args.command == "serve-dev":
         from .testing._main import serve_from_arguments
 
         serve_from_arguments(args)
+        return EXIT_OK
+    _configure_logging(args.verbose)
+    try:
+        context = _context(args)
+    except UsageError as exc:
+        report(describe(exc))
+        return exc.exit_code
+    try:
+        return _dispatch(args, context)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except EXPECTED_ERRORS as exc:
+        code = exit_code_for(exc)
+        report(describe(exc))
+        if context.json:
+            from ._cli_output import print_json
+
+            print_json(
+                {"error": {"type": type(exc).__name__, "message": str(exc), "exit_code": code}}
+            )
+        return code
+    except BaseExceptionGroup as group:
+        if contains_interrupt(group):
+            return EXIT_INTERRUPTED
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """The `anytcm` entry point: run the command and exit with its code."""
+    sys.exit(run(argv))

@@ -37,6 +37,7 @@ from .errors import (
     RequestTimeout,
     TcmError,
 )
+from .observability import ClientMetrics, Observation, Recorder
 from .plugins import carrier_names, load_carrier
 from .pool import Pool, PoolSettings
 from .protocol import InferenceCompleted, InferenceProgress
@@ -88,8 +89,10 @@ class AsyncClient:
         max_frame_bytes: int,
         retry: RetryPolicy,
         same_host: bool,
+        recorder: Recorder | None = None,
     ) -> None:
         self._pool = pool
+        self._recorder = recorder or Recorder(tracing=False)
         self._timeout = timeout
         self._retry = retry
         self._same_host = same_host
@@ -163,6 +166,17 @@ class AsyncClient:
             "unsolicited_dropped": self.unsolicited_dropped,
             "retries": self.retries,
         }
+
+    @property
+    def metrics(self) -> ClientMetrics:
+        """Requests, failures by kind and error, retries, reconnects and latency histograms.
+
+        See `anytcm.observability`; e.g. `client.metrics.latency["infer"].percentile(99)`.
+        """
+        metrics = self._recorder.metrics
+        metrics.retries = self.retries
+        metrics.reconnects = self._pool.stats.reconnects
+        return metrics
 
     @property
     def granted_capabilities(self) -> tuple[str, ...] | None:
@@ -330,6 +344,24 @@ class AsyncClient:
         """
         if protocol != "http":
             raise ValueError("infer() is for protocol='http'; use infer_stream() for 'grpc'")
+        with self._recorder.begin("infer", model):
+            return await self._infer(
+                model, inputs, target, allow_transient, output_dtypes, input_spec, timeout, retry,
+                carrier,
+            )  # fmt: skip
+
+    async def _infer(
+        self,
+        model: str,
+        inputs: Inputs,
+        target: Target,
+        allow_transient: bool,
+        output_dtypes: Mapping[str, Any] | None,
+        input_spec: ModelSpec | None,
+        timeout: float | None,
+        retry: RetryPolicy | None,
+        carrier: str | Sequence[str],
+    ) -> InferResult:
         seconds, deadline = self._deadline(timeout)
         tensors, shm = self._collect(model, inputs, target, input_spec)
 
@@ -459,6 +491,16 @@ class AsyncClient:
         inputs (the manager does not chain outputs into inputs). Returns results by step name
         (or model name).
         """
+        with self._recorder.begin("pipeline", None):
+            return await self._pipeline(steps, target, output_dtypes, timeout)
+
+    async def _pipeline(
+        self,
+        steps: Sequence[tuple[str, Inputs] | tuple[str, Inputs, str]],
+        target: Target,
+        output_dtypes: Mapping[str, Mapping[str, Any]] | None,
+        timeout: float | None,
+    ) -> dict[str, InferResult]:
         seconds, deadline = self._deadline(timeout)
         wire_steps = []
         for step in steps:
@@ -495,6 +537,10 @@ class AsyncClient:
     # -- info and management plumbing ------------------------------------------------
 
     async def _info(self, action: str, timeout: float | None) -> wire.InfoResponsePayload:
+        with self._recorder.begin("info", None):
+            return await self._info_request(action, timeout)
+
+    async def _info_request(self, action: str, timeout: float | None) -> wire.InfoResponsePayload:
         seconds, deadline = self._deadline(timeout)
         try:
             return await self._retrying(
@@ -516,6 +562,10 @@ class AsyncClient:
                 self._pool.slot_freed()
 
     async def _management(self, payload: dict[str, Any], timeout: float | None) -> Any:
+        with self._recorder.begin("management", None):
+            return await self._management_request(payload, timeout)
+
+    async def _management_request(self, payload: dict[str, Any], timeout: float | None) -> Any:
         seconds, deadline = self._deadline(timeout)
         action = str(payload.get("action"))
         try:
@@ -546,6 +596,10 @@ class AsyncClient:
             return result.data
 
 
+class StreamClosedEarly(Exception):
+    """The outcome recorded for a stream its caller closed before COMPLETED (never raised)."""
+
+
 class InferStream:
     """A streamed inference in progress; see `AsyncClient.infer_stream`."""
 
@@ -567,6 +621,7 @@ class InferStream:
         self._session: Session | None = None
         self._frames: MemoryObjectReceiveStream[Any] | None = None
         self._done = False
+        self._observation: Observation | None = None
         # Safety net: a stream dropped without aclose() must still give its connection back.
         self._finalizer = weakref.finalize(self, _release_stream, client._pool, [None])
 
@@ -588,11 +643,18 @@ class InferStream:
     async def _start(self) -> None:
         if self._session is not None or self._done:
             return
+        if self._observation is None:
+            self._observation = self._client._recorder.begin("stream", self._model)
         while True:
             try:
                 session = await self._client._pool.checkout(self._deadline)
             except RequestTimeout as exc:
-                raise _caller_timeout(exc, self._seconds, f"stream of {self._model!r}") from None
+                error = _caller_timeout(exc, self._seconds, f"stream of {self._model!r}")
+                self._observed(error)
+                raise error from None
+            except BaseException as exc:
+                self._observed(exc)
+                raise
             frame, frames = session.open_stream(self._payload)
             self._session, self._frames = session, frames
             self._finalizer.detach()
@@ -620,26 +682,37 @@ class InferStream:
             overall = anyio.current_time() >= self._deadline
             self._abandon()
             what = f"within {self._seconds:g} s" if overall else f"for {self._idle_timeout:g} s"
-            raise RequestTimeout(
+            timed_out = RequestTimeout(
                 f"the stream of {self._model!r} sent nothing {what}",
                 timeout=self._seconds if overall else (self._idle_timeout or 0.0),
-            ) from None
+            )
+            self._observed(timed_out)
+            raise timed_out from None
         except anyio.EndOfStream:
             self._abandon()
-            raise ClientClosed("the stream was closed") from None
-        except BaseException:
+            closed = ClientClosed("the stream was closed")
+            self._observed(closed)
+            raise closed from None
+        except BaseException as exc:
             self._abandon()
+            self._observed(exc)
             raise
         if isinstance(item, TcmError):
             self._done = True
             self._release()
+            self._observed(item)
             raise item
         if isinstance(item, InferenceCompleted):
             self._done = True
             self._release()
+            self._observed(None)
             return StreamEvent("COMPLETED", None, item.model_name)
         assert isinstance(item, InferenceProgress)
         return StreamEvent(item.status, item.text)
+
+    def _observed(self, error: BaseException | None) -> None:
+        if self._observation is not None:
+            self._observation.end(error)
 
     def _abandon(self) -> None:
         self._done = True
@@ -660,6 +733,7 @@ class InferStream:
         """Stop reading; an unfinished stream's connection is held until its end arrives."""
         if not self._done:
             self._abandon()
+            self._observed(StreamClosedEarly())
 
 
 def _is_loopback(url: str) -> bool:
@@ -850,6 +924,7 @@ async def connect(
     backoff: Callable[[], Backoff] | None = None,
     same_host: bool | None = None,
     transport: str | TransportFactory | None = None,
+    tracing: bool | None = None,
 ) -> AsyncIterator[AsyncClient]:
     """Connect to a TCM manager: `async with anytcm.connect("ws://host:8000/ws") as client:`.
 
@@ -863,6 +938,9 @@ async def connect(
     `transport` names a transport plugin (default: `$ANYTCM_TRANSPORT`, else "websockets").
     `backoff` makes the reconnect backoff of each connection (default: `Backoff()`, full
     jitter from 0.1 s doubling to 10 s); `retry` is the default RetryPolicy of each call.
+    `tracing`: an OpenTelemetry span per request when `opentelemetry-api` is installed
+    (None: if installed; True: required; False: never). Counters are always kept
+    (`client.metrics`); see `anytcm.observability`.
     """
     if pool_size < 1:
         raise ValueError("pool_size must be at least 1")
@@ -911,6 +989,7 @@ async def connect(
         max_frame_bytes=max_frame_bytes,
         retry=retry or RetryPolicy(),
         same_host=_is_loopback(url) if same_host is None else same_host,
+        recorder=Recorder(tracing),
     )
     try:
         async with anyio.create_task_group() as tg:
