@@ -23,9 +23,10 @@ TRANSPORT_GROUP = "anytcm.transports"
 AUTOLOAD_VARIABLE = "ANYTCM_DISABLE_PLUGIN_AUTOLOAD"
 
 # Install hints for plugins this project knows of (fsspec's `known_implementations` idea).
+# They ship in the anytcm repository (plugins/), not on PyPI: the hint names the checkout path.
 KNOWN_PLUGINS = {
-    "zstd": "pip install anytcm-zstd",
-    "trio-websocket": "pip install anytcm-trio-websocket",
+    "zstd": "pip install ./plugins/anytcm-zstd (from an anytcm checkout)",
+    "trio-websocket": "pip install ./plugins/anytcm-trio-websocket (from an anytcm checkout)",
 }
 
 _T = TypeVar("_T")
