@@ -27,7 +27,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -265,13 +265,25 @@ def emit_error(args: argparse.Namespace, client: str, error: BaseException, **ex
 RequestFn = Callable[[], Awaitable[Any]]
 
 
-async def asyncio_drive(
-    args: argparse.Namespace, request_fns: Sequence[RequestFn], work: Workload
-) -> list[dict[str, Any]]:
-    """The asyncio driver of the ceiling and vendor clients.
+Jobs = Sequence[Callable[[], Coroutine[Any, Any, None]]]
 
-    One worker per connection (`request_fns[i]` sends on connection i and waits for its reply),
-    each with one request in flight, pulling from a shared budget of `count` requests.
+
+async def _asyncio_gather(jobs: Jobs) -> None:
+    await asyncio.gather(*(job() for job in jobs))
+
+
+async def drive(
+    args: argparse.Namespace,
+    request_fns: Sequence[RequestFn],
+    work: Workload,
+    gather: Callable[[Jobs], Awaitable[None]] = _asyncio_gather,
+) -> list[dict[str, Any]]:
+    """The timed loop of every client: warm-up, then `args.repeat` timed runs.
+
+    One worker per entry of `request_fns` (each sends and waits for its reply: one request in
+    flight per worker), pulling from a shared budget of `count` requests. `gather` runs the
+    workers concurrently: asyncio's by default (ceiling and vendor clients, whose venv has no
+    anyio); anytcm passes an anyio task group so the same loop runs on trio too.
     """
     # Warm-up: every connection at least once; the first result is checked.
     first = await request_fns[0]()
@@ -281,18 +293,21 @@ async def asyncio_drive(
     async def run(count: int, record: bool) -> None:
         remaining = count
 
-        async def worker(fn: RequestFn) -> None:
-            nonlocal remaining
-            lat = timer.latencies
-            clock = time.perf_counter
-            while remaining > 0:
-                remaining -= 1
-                t0 = clock()
-                await fn()
-                if record:
-                    lat.append(clock() - t0)
+        def worker(fn: RequestFn) -> Callable[[], Coroutine[Any, Any, None]]:
+            async def loop() -> None:
+                nonlocal remaining
+                lat = timer.latencies
+                clock = time.perf_counter
+                while remaining > 0:
+                    remaining -= 1
+                    t0 = clock()
+                    await fn()
+                    if record:
+                        lat.append(clock() - t0)
 
-        await asyncio.gather(*(worker(fn) for fn in request_fns))
+            return loop
+
+        await gather([worker(fn) for fn in request_fns])
 
     await run(max(args.warmup, len(request_fns)), record=False)
     runs = []

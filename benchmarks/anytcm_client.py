@@ -9,7 +9,6 @@ inputs travel (default "auto": json when the frame fits, else shm). Standalone:
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 import anyio
@@ -17,10 +16,10 @@ from _bench_common import (
     CONTAINER_ID,
     OUTPUT,
     VM_IP,
+    Jobs,
     RequestFn,
-    Timer,
     Workload,
-    check_output,
+    drive,
     emit,
     emit_error,
     parse_args,
@@ -45,36 +44,11 @@ def make_request(client: anytcm.AsyncClient, work: Workload, carrier: str) -> Re
     return request
 
 
-async def drive(args: argparse.Namespace, fn: RequestFn, work: Workload) -> list[dict[str, Any]]:
-    """`args.connections` tasks share one client (its pool), each with one request in flight."""
-    check_output(work, await fn())
-    timer = Timer(args.server_pid)
-
-    async def run(count: int, record: bool) -> None:
-        remaining = count
-
-        async def worker() -> None:
-            nonlocal remaining
-            lat = timer.latencies
-            clock = time.perf_counter
-            while remaining > 0:
-                remaining -= 1
-                t0 = clock()
-                await fn()
-                if record:
-                    lat.append(clock() - t0)
-
-        async with anyio.create_task_group() as tg:
-            for _ in range(args.connections):
-                tg.start_soon(worker)
-
-    await run(max(args.warmup, args.connections), record=False)
-    runs = []
-    for _ in range(args.repeat):
-        timer.start()
-        await run(args.count, record=True)
-        runs.append(timer.stop())
-    return runs
+async def _anyio_gather(jobs: Jobs) -> None:
+    """Run the workers in a task group: the same timed loop on asyncio and on trio."""
+    async with anyio.create_task_group() as tg:
+        for job in jobs:
+            tg.start_soon(job)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -86,7 +60,9 @@ async def main(args: argparse.Namespace) -> None:
             with anyio.fail_after(30):
                 while client.stats["open_connections"] < args.connections:  # noqa: ASYNC110 (no event for this)
                     await anyio.sleep(0.01)
-            runs = await drive(args, make_request(client, work, args.carrier), work)
+            fn = make_request(client, work, args.carrier)
+            # `connections` tasks share one client (its pool), each with one request in flight.
+            runs = await drive(args, [fn] * args.connections, work, _anyio_gather)
             stats = client.stats
         emit(args, label, runs, anytcm_stats=stats)
     except Exception as exc:  # noqa: BLE001 - reported, not raised: the orchestrator shows it in the table

@@ -25,7 +25,7 @@ from _bench_common import (
     VM_IP,
     RequestFn,
     Workload,
-    asyncio_drive,
+    drive,
     emit,
     emit_error,
     parse_args,
@@ -82,7 +82,7 @@ async def main() -> None:
     opened = [await open_connection(args.url) for _ in range(args.connections)]
     try:
         fns = [make_request(ws, u, work) for ws, u in opened]
-        runs = await asyncio_drive(args, fns, work)
+        runs = await drive(args, fns, work)
         emit(args, "ceiling", runs)
     except Exception as exc:  # noqa: BLE001 - reported, not raised: the orchestrator shows it in the table
         emit_error(args, "ceiling", exc)

@@ -37,7 +37,7 @@ from _bench_common import (
     VM_IP,
     RequestFn,
     Workload,
-    asyncio_drive,
+    drive,
     emit,
     emit_error,
     parse_args,
@@ -87,7 +87,7 @@ async def main() -> None:
             clients.append(client)
             await client.auth()
         fns = [make_request(c, work) for c in clients]
-        runs = await asyncio_drive(args, fns, work)
+        runs = await drive(args, fns, work)
         emit(args, label, runs, sdk_version=tcm_client.__version__)
     except Exception as exc:  # noqa: BLE001 - reported, not raised: the orchestrator shows it in the table
         emit_error(args, label, exc, sdk_version=tcm_client.__version__)
