@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any
 
 import anyio
 import anyio.abc
@@ -151,10 +150,6 @@ class AsyncioSocketStream(anyio.abc.ByteStream):
                 self._transport.close()
             self._protocol._wake_reader()
         await anyio.lowlevel.checkpoint()
-
-    @property
-    def extra_attributes(self) -> dict[Any, Any]:
-        return {}
 
 
 async def connect_tcp(host: str, port: int) -> AsyncioSocketStream:

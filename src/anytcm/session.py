@@ -213,8 +213,6 @@ class Session:
         # part-way, so a half-written frame can never be followed by another frame.
         try:
             await self._transport.send_text(frame)
-        except NotSent:
-            raise
         except ConnectionLost as exc:
             if exc.outcome_unknown:
                 raise  # the manager may have the frame: only the caller may decide to resend
