@@ -13,6 +13,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -21,13 +22,14 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
 from anytcm._ws_transport import WebsocketsTransportFactory
 from anytcm.errors import ConnectError, ConnectionLost, HandshakeRejected
 from anytcm.testing import ReferenceManager
-from anytcm.transport import Transport, TransportFactory, TransportOptions
+from anytcm.transport import MessageSink, Transport, TransportFactory, TransportOptions
 
 pytestmark = pytest.mark.anyio
 
@@ -552,3 +554,220 @@ async def test_a_send_cut_off_by_the_end_has_an_unknown_outcome() -> None:
                 await transport.send_text(b"{}")
     assert cut.value.outcome_unknown is True
     assert after.value.outcome_unknown is False
+
+
+# -- messages by callback (MessageSink) ---------------------------------------------------------
+
+
+class Delivered:
+    """Messages of one transport, pushed by `deliver_to` where it can, else read by a task.
+
+    The fallback keeps the same assertions valid on trio and over TLS, where `deliver_to`
+    declines; `pushed` says which way the messages came.
+    """
+
+    def __init__(self) -> None:
+        self.messages: deque[bytes] = deque()
+        self.arrived = anyio.Event()
+        self.pushed = False
+        self.lost: ConnectionLost | None = None
+
+    def take(self, data: bytes) -> None:
+        self.messages.append(data)
+        self.arrived.set()
+
+    async def run(self, transport: Transport, *, task_status: Any) -> None:
+        """Deliver until the connection ends; the end is kept in `lost`."""
+        assert isinstance(transport, MessageSink)
+        self.pushed = transport.deliver_to(self.take)
+        task_status.started()
+        try:
+            while True:
+                self.take(await transport.receive())
+        except ConnectionLost as exc:
+            self.lost = exc
+
+    async def next(self) -> bytes:
+        with anyio.fail_after(10):
+            while not self.messages:
+                self.arrived = anyio.Event()
+                await self.arrived.wait()
+        return self.messages.popleft()
+
+
+def pushes_on(anyio_backend: tuple[str, dict[str, object]]) -> bool:
+    """Whether `deliver_to` takes over on this backend (plain ws:// only)."""
+    return anyio_backend[0] == "asyncio"
+
+
+async def test_deliver_to_keeps_order_across_the_switch(
+    anyio_backend: tuple[str, dict[str, object]],
+) -> None:
+    async def handler(request: Request, protocol: ServerProtocol, stream: Any) -> None:
+        # Two writes: the client parses the first whole (0, 1, 2) and returns 0; the second
+        # (3, 4) is still unread bytes when it switches. Both kinds must come out in order.
+        for batch in ((0, 1, 2), (3, 4)):
+            for index in batch:
+                protocol.send_text(str(index).encode())
+            await stream.send(b"".join(protocol.data_to_send()))
+            await anyio.sleep(0.05)
+        while True:  # then echo each text message the client sends, until it closes
+            try:
+                data = await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                return
+            protocol.receive_data(data)
+            for event in protocol.events_received():
+                if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                    protocol.send_text(b"echo " + bytes(event.data))
+            await flush(protocol, stream)
+
+    delivered = Delivered()
+    async with raw_server(handler) as url, FACTORY.connect(url, options()) as transport:
+        with anyio.fail_after(10):
+            assert await transport.receive() == b"0"
+            await anyio.sleep(0.2)  # the second write arrives, unread
+        async with anyio.create_task_group() as tg:
+            await tg.start(delivered.run, transport)
+            assert delivered.pushed is pushes_on(anyio_backend)
+            assert [await delivered.next() for _ in range(4)] == [b"1", b"2", b"3", b"4"]
+            for index in range(3):
+                await transport.send_text(f"m{index}".encode())
+            assert [await delivered.next() for _ in range(3)] == [
+                b"echo m0",
+                b"echo m1",
+                b"echo m2",
+            ]
+            await transport.aclose(1000, "done")
+    assert delivered.lost is not None
+    assert delivered.lost.close_code == 1000
+
+
+async def test_deliver_to_reassembles_fragments_and_answers_pings(
+    anyio_backend: tuple[str, dict[str, object]],
+) -> None:
+    pongs: list[bytes] = []
+
+    async def handler(request: Request, protocol: ServerProtocol, stream: Any) -> None:
+        await anyio.sleep(0.2)  # the client has switched by now: every frame is pushed
+        protocol.send_text(b'{"part":', fin=False)
+        protocol.send_ping(b"p1")  # control frames may come between fragments
+        protocol.send_continuation(b' "two"}', fin=True)
+        await flush(protocol, stream)
+        while True:
+            try:
+                data = await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                return
+            protocol.receive_data(data)
+            events = protocol.events_received()
+            pongs.extend(
+                bytes(e.data) for e in events if isinstance(e, Frame) and e.opcode is Opcode.PONG
+            )
+            await flush(protocol, stream)
+
+    delivered = Delivered()
+    async with (
+        raw_server(handler) as url,
+        FACTORY.connect(url, options()) as transport,
+        anyio.create_task_group() as tg,
+    ):
+        await tg.start(delivered.run, transport)
+        assert delivered.pushed is pushes_on(anyio_backend)
+        assert await delivered.next() == b'{"part": "two"}'
+        with anyio.fail_after(10):
+            while not pongs:  # the pong was written from the read callback
+                await anyio.sleep(0.01)
+        await transport.aclose()
+    assert pongs == [b"p1"]
+
+
+async def test_deliver_to_with_keepalive_and_replies(
+    manager: ReferenceManager, anyio_backend: tuple[str, dict[str, object]]
+) -> None:
+    uuid = new_uuid()
+    delivered = Delivered()
+    async with FACTORY.connect(
+        manager.ws_url, options(ping_interval=0.05, ping_timeout=0.3)
+    ) as transport:
+        await authenticate(transport, uuid)
+        async with anyio.create_task_group() as tg:
+            await tg.start(delivered.run, transport)
+            assert delivered.pushed is pushes_on(anyio_backend)
+            # Idle for many ping intervals: pongs arrive by callback and must reach the
+            # keepalive, or it fails the connection after ~0.35 s.
+            await anyio.sleep(1.0)
+            assert delivered.lost is None
+            for job_id in range(20):
+                await transport.send_text(queue_stats(uuid, job_id))
+            replies = [json.loads(await delivered.next()) for _ in range(20)]
+            assert sorted(r["payload"]["job_id"] for r in replies) == list(range(20))
+            await transport.aclose()
+    assert transport.close_code == 1000
+
+
+async def test_deliver_to_reports_the_servers_close_code(manager: ReferenceManager) -> None:
+    delivered = Delivered()
+    async with (
+        FACTORY.connect(manager.ws_url, options()) as transport,
+        anyio.create_task_group() as tg,
+    ):
+        await tg.start(delivered.run, transport)
+        await transport.send_text(queue_stats(new_uuid(), 1))  # not auth: refused, closed
+        assert json.loads(await delivered.next())["type"] == "error"
+    assert delivered.lost is not None
+    assert delivered.lost.close_code == 1008
+    assert transport.close_code == 1008
+    with pytest.raises(ConnectionLost):
+        await transport.send_text(queue_stats(new_uuid(), 1))
+
+
+async def test_deliver_to_ends_on_a_binary_frame() -> None:
+    async def handler(request: Request, protocol: ServerProtocol, stream: Any) -> None:
+        await anyio.sleep(0.2)
+        protocol.send_text(b"{}")
+        protocol.send_binary(b"\x00\x01")
+        await flush(protocol, stream)
+        await serve_until_closed(protocol, stream)
+
+    delivered = Delivered()
+    async with (
+        raw_server(handler) as url,
+        FACTORY.connect(url, options()) as transport,
+        anyio.create_task_group() as tg,
+    ):
+        await tg.start(delivered.run, transport)
+        assert await delivered.next() == b"{}"
+    assert delivered.lost is not None
+    assert delivered.lost.close_code == 1003
+    assert "binary" in str(delivered.lost)
+
+
+@pytest.mark.fault
+async def test_deliver_to_notices_a_killed_server(faulty: ReferenceManager) -> None:
+    delivered = Delivered()
+    async with FACTORY.connect(faulty.ws_url, options()) as transport:
+        await authenticate(transport, new_uuid())
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                await tg.start(delivered.run, transport)
+                faulty.kill()
+    assert delivered.lost is not None
+    assert delivered.lost.close_code == 1006
+
+
+async def test_deliver_to_declines_twice_and_over_tls(
+    manager: ReferenceManager,
+    tls_manager: ReferenceManager,
+    tls_files: tuple[Path, Path, Path],
+    anyio_backend: tuple[str, dict[str, object]],
+) -> None:
+    async with FACTORY.connect(manager.ws_url, options()) as transport:
+        assert isinstance(transport, MessageSink)
+        assert transport.deliver_to(lambda data: None) is pushes_on(anyio_backend)
+        assert transport.deliver_to(lambda data: None) is False  # one handler, once
+    context = ssl.create_default_context(cafile=str(tls_files[0]))
+    async with FACTORY.connect(tls_manager.ws_url, options(ssl_context=context)) as transport:
+        assert isinstance(transport, MessageSink)
+        assert transport.deliver_to(lambda data: None) is False
+        await authenticate(transport, new_uuid())  # receive() still works

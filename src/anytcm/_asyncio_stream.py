@@ -7,6 +7,12 @@ connection has exactly one reader that is always waiting, so here reading stays 
 control only kicks in when unread bytes pile up beyond `_HIGH_WATER` (a reader that stopped
 reading), as asyncio's own streams do.
 
+A reader may also hand over its job entirely (`on_data`): every chunk is then passed to a
+callback from `data_received` itself, and `receive()` only waits for the end of the connection.
+The WebSocket transport uses that to parse frames and wake the requester in the same event-loop
+pass as the socket read, the way websockets' own asyncio client does: one loop iteration, one
+`epoll_wait` and one task step per reply fewer than a reader task in between.
+
 Only plain TCP goes through here; TLS keeps anyio's stream (its error mapping and TLS handling
 are what `wss://` relies on). trio needs nothing of the kind: its socket stream reads directly.
 The stream raises the exceptions anyio's streams raise (`EndOfStream`, `BrokenResourceError`,
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable, Sequence
 
 import anyio
 import anyio.abc
@@ -44,6 +51,7 @@ class _Protocol(asyncio.Protocol):
         self.reader: asyncio.Future[None] | None = None
         self.drain: asyncio.Future[None] | None = None
         self.paused = False
+        self.on_data: Callable[[bytes], None] | None = None  # takes every chunk when set
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -51,6 +59,10 @@ class _Protocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
 
     def data_received(self, data: bytes) -> None:
+        on_data = self.on_data
+        if on_data is not None:
+            on_data(data)
+            return
         self.chunks.append(data)
         self.buffered += len(data)
         if self.buffered > _HIGH_WATER and not self.paused:
@@ -135,6 +147,44 @@ class AsyncioSocketStream(anyio.abc.ByteStream):
             await drain
             if protocol.closed:
                 raise anyio.BrokenResourceError from protocol.lost
+
+    def on_data(self, callback: Callable[[bytes], None]) -> None:
+        """Pass every chunk to `callback` from now on (bytes buffered so far first), in order.
+
+        `callback` runs inside the event loop's read callback, not in a task: it must not block
+        and should not raise (an exception there fails the connection). `receive()` then
+        returns no more data: it waits for the end of the connection and raises as usual.
+        """
+        protocol = self._protocol
+        chunks = protocol.chunks
+        while chunks:
+            callback(chunks.popleft())
+        protocol.buffered = 0
+        protocol.on_data = callback
+        if protocol.paused:
+            protocol.paused = False
+            self._transport.resume_reading()
+
+    def write_nowait(self, chunks: Sequence[bytes]) -> None:
+        """Queue bytes for sending without waiting for the socket to drain (from a callback).
+
+        Each chunk goes out whole and in order with every other write, so a frame handed over
+        as one chunk is never interleaved with another. Nothing is written once closing.
+        """
+        transport = self._transport
+        if self._closed or self._protocol.closed or transport.is_closing():
+            return
+        for chunk in chunks:
+            if chunk:
+                transport.write(chunk)
+
+    def close_soon(self) -> None:
+        """Start closing from a callback: unsent bytes go out first, then the socket closes.
+
+        A waiting `receive()` then raises EndOfStream (or BrokenResourceError if the socket
+        failed meanwhile); `aclose()` still has to be called by the owner.
+        """
+        self._transport.close()
 
     async def send_eof(self) -> None:
         if self._transport.can_write_eof():

@@ -14,6 +14,13 @@ Why this combination:
   on the way: pings are answered, pongs wake the keepalive, a close frame ends the connection.
   The consequence (stated in `Transport`) is that pongs are only noticed while someone is in
   `receive()`.
+* **Messages by callback on asyncio** (`deliver_to`, see `anytcm.transport.MessageSink`): on
+  the native asyncio stream, frames are parsed in the event loop's read callback and each text
+  message is handed to the session there, so the requester wakes in the same loop pass as the
+  read. `receive()` then only waits for the end. Measured on the small sequential request of
+  `benchmarks/profile_client.py`: one `epoll_wait`, one task step and one future per reply
+  fewer. Replies the protocol queues there (pongs, the close echo) are written at once: the
+  asyncio stream writes each frame whole, so they cannot split a frame another task is sending.
 
 Concurrency: `send_text` may be called from several tasks; the protocol mutation and the stream
 write happen together under one `anyio.Lock`, and replies the protocol queues while receiving
@@ -38,7 +45,7 @@ import ssl
 import struct
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, NoReturn, cast
 from urllib.parse import urlsplit
@@ -107,6 +114,7 @@ class WebsocketsTransport:
         "_end",
         "_end_cause",
         "_fragments",
+        "_handler",
         "_messages",
         "_ping_payload",
         "_pings",
@@ -133,6 +141,7 @@ class WebsocketsTransport:
         # Perf: fast_acquire skips the yield on an uncontended lock (one loop pass per send).
         self._send_lock = anyio.Lock(fast_acquire=True)
         self._messages: deque[bytes] = deque()  # complete text messages not yet returned
+        self._handler: Callable[[bytes], None] | None = None  # takes messages (deliver_to)
         self._fragments: list[bytes | bytearray | memoryview] | None = (
             None  # a fragmented message in progress
         )
@@ -179,6 +188,23 @@ class WebsocketsTransport:
                 continue
             await self._pump()
         return messages.popleft()
+
+    def deliver_to(self, handler: Callable[[bytes], None]) -> bool:
+        """Hand every text message to `handler` as it is parsed (see `MessageSink`).
+
+        Only on the native asyncio stream (plain ws:// on asyncio), where parsing can run in
+        the read callback; returns False elsewhere, and `receive()` keeps returning messages.
+        Messages already received are handed over first, in order.
+        """
+        stream = self._stream
+        if self._handler is not None or not isinstance(stream, _asyncio_stream.AsyncioSocketStream):
+            return False
+        self._handler = handler
+        messages = self._messages
+        while messages:
+            handler(messages.popleft())
+        stream.on_data(self._on_data)
+        return True
 
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         """Close with a close frame (bounded by close_timeout); idempotent."""
@@ -282,14 +308,42 @@ class WebsocketsTransport:
             # frame that matters has been read, and a blocked wait here would gain nothing.
             await self._close_stream()
 
+    def _on_data(self, data: bytes) -> None:
+        """The asyncio stream's read callback once `deliver_to` is on: `_pump` without a task.
+
+        Ends the connection the same way: a close frame or a protocol failure sets the end,
+        and closing the stream makes the reader's waiting `receive()` report it.
+        """
+        protocol = self._protocol
+        protocol.receive_data(data)
+        events = protocol.events_received()
+        if events:
+            self._process(cast("list[Frame]", events))
+        if protocol.parser_exc is not None and self._end is None:
+            sent = protocol.close_sent
+            if sent is not None:
+                self._set_end(sent.code, sent.reason, protocol.parser_exc)
+            else:
+                self._set_end(_ABNORMAL, str(protocol.parser_exc), protocol.parser_exc)
+        out = protocol.data_to_send()
+        stream = cast("_asyncio_stream.AsyncioSocketStream", self._stream)
+        if out:  # pongs, the close echo, a close frame from a failure
+            stream.write_nowait(out)
+        if self._end is not None:
+            stream.close_soon()
+
     def _process(self, events: list[Frame]) -> None:
         messages = self._messages
+        handler = self._handler
         for frame in events:
             opcode = frame.opcode
             if opcode is _TEXT:
                 if frame.fin:
                     # Perf: the common case, one frame per message, one copy to `bytes`.
-                    messages.append(bytes(frame.data))
+                    if handler is not None:
+                        handler(bytes(frame.data))
+                    else:
+                        messages.append(bytes(frame.data))
                 else:
                     self._fragments = [frame.data]
             elif opcode is _CONT:
@@ -297,8 +351,11 @@ class WebsocketsTransport:
                 if fragments is not None:  # None only after a BINARY start, which ended us
                     fragments.append(frame.data)
                     if frame.fin:
-                        messages.append(b"".join(fragments))
                         self._fragments = None
+                        if handler is not None:
+                            handler(b"".join(fragments))
+                        else:
+                            messages.append(b"".join(fragments))
             elif opcode is _PONG:
                 waiter = self._pong_waiter
                 if waiter is not None and frame.data == self._ping_payload:
@@ -436,7 +493,11 @@ async def _open(url: str, options: TransportOptions) -> WebsocketsTransport:
             if ssl_context is None and _on_asyncio():
                 stream = await _asyncio_stream.connect_tcp(uri.host, uri.port)
             elif ssl_context is None:
-                stream = await anyio.connect_tcp(uri.host, uri.port)
+                # Not asyncio, so trio (anyio's other backend). trio is an optional dependency,
+                # hence the import here; it is cached after the first connection.
+                from . import _trio_stream
+
+                stream = await _trio_stream.connect_tcp(uri.host, uri.port)
             else:
                 stream = await anyio.connect_tcp(
                     uri.host, uri.port, ssl_context=ssl_context, tls_standard_compatible=False

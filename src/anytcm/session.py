@@ -36,7 +36,7 @@ from .protocol import (
     StaleReply,
     Unsolicited,
 )
-from .transport import Transport, TransportFactory, TransportOptions
+from .transport import MessageSink, Transport, TransportFactory, TransportOptions
 
 logger = logging.getLogger("anytcm.session")
 
@@ -131,16 +131,25 @@ class Session:
     # -- reading ------------------------------------------------------------------
 
     async def read_forever(self) -> None:
-        """The reader task: runs until the connection ends, then fails whatever is pending."""
+        """The reader task: runs until the connection ends, then fails whatever is pending.
+
+        When the transport can deliver messages by callback (`MessageSink`), it does so and
+        this task only waits for the end: each reply then wakes its requester directly.
+        """
+        transport = self._transport
         try:
+            if isinstance(transport, MessageSink):
+                transport.deliver_to(self._receive)
             while True:
-                data = await self._transport.receive()
-                self._dispatch(self.protocol.receive(data))
+                self._receive(await transport.receive())
         except ConnectionLost as exc:
             error = self._ending or exc
             if self._ending is not None and exc.close_code is not None:
                 error.close_code = exc.close_code
             self._lose(error)
+
+    def _receive(self, data: bytes) -> None:
+        self._dispatch(self.protocol.receive(data))
 
     def _lose(self, error: ConnectionLost) -> None:
         self.close_error = error

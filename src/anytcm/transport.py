@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ssl
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -161,6 +161,23 @@ class Transport(Protocol):
     @property
     def close_reason(self) -> str:
         """The close reason once closed, else ''."""
+        ...
+
+
+@runtime_checkable
+class MessageSink(Protocol):
+    """An optional transport capability: text messages delivered by callback, not `receive()`.
+
+    A transport whose network layer runs callbacks (asyncio's protocols) can parse frames and
+    hand each message over right there, sparing a task wake-up per message. `deliver_to`
+    returns False when it cannot (e.g. on trio, or over TLS); the caller then keeps calling
+    `receive()`. When it returns True, messages already received are handed over first, and
+    `receive()` returns no more messages: it waits until the connection ends and raises
+    `ConnectionLost` as usual. The handler runs outside any task: it must not block or await.
+    """
+
+    def deliver_to(self, handler: Callable[[bytes], None]) -> bool:
+        """Hand every later text message to `handler`; False if this transport cannot."""
         ...
 
 
