@@ -8,6 +8,7 @@ websockets' sans-IO `ServerProtocol` over an anyio listener.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import ssl
@@ -21,12 +22,13 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import pytest
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-from anytcm._ws_transport import WebsocketsTransportFactory
+from anytcm._ws_transport import WebsocketsTransportFactory, _SendGuard
 from anytcm.errors import ConnectError, ConnectionLost, HandshakeRejected
 from anytcm.testing import ReferenceManager
 from anytcm.transport import MessageSink, Transport, TransportFactory, TransportOptions
@@ -771,3 +773,102 @@ async def test_deliver_to_declines_twice_and_over_tls(
         assert isinstance(transport, MessageSink)
         assert transport.deliver_to(lambda data: None) is False
         await authenticate(transport, new_uuid())  # receive() still works
+
+
+# -- the send guard -----------------------------------------------------------------------------
+
+
+async def test_send_guard_serialises_writers_in_arrival_order() -> None:
+    guard = _SendGuard()
+    order: list[str] = []
+    inside = 0
+
+    async def writer(name: str) -> None:
+        nonlocal inside
+        async with guard:
+            inside += 1
+            assert inside == 1, "two writers inside the guard"
+            order.append(name)
+            await anyio.sleep(0.01)  # hold it across a yield, as a blocked write would
+            inside -= 1
+
+    async with anyio.create_task_group() as tg:
+        for index in range(5):
+            tg.start_soon(writer, f"w{index}")
+            await anyio.lowlevel.checkpoint()  # arrive one after the other
+    assert order == [f"w{index}" for index in range(5)]
+    async with guard:  # free again, at once
+        pass
+
+
+async def test_send_guard_survives_cancelled_waiters(
+    anyio_backend: tuple[str, dict[str, object]],
+) -> None:
+    guard = _SendGuard()
+    entered: list[str] = []
+    holder_may_leave = anyio.Event()
+
+    async def holder() -> None:
+        async with guard:
+            entered.append("holder")
+            await holder_may_leave.wait()
+
+    async def waiter(name: str) -> None:
+        with anyio.fail_after(5):  # a lost guard would hang here
+            async with guard:
+                entered.append(name)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(holder)
+        await anyio.sleep(0.01)
+        with anyio.CancelScope() as doomed:
+            # Cancelled while waiting: it must leave the queue, not keep a turn forever.
+            doomed.cancel()
+            await waiter("cancelled")
+        tg.start_soon(waiter, "next")
+        await anyio.sleep(0.01)
+        holder_may_leave.set()
+    assert entered == ["holder", "next"]
+
+    # Cancelled just as the guard is handed to it: it must pass the guard on. Only a native
+    # asyncio `Task.cancel()` can land there (anyio's scopes, and trio, let a task that was
+    # already woken take its turn, the cancellation landing at its next checkpoint); on trio
+    # the same sequence checks that the woken waiter takes its turn and passes it on.
+    entered.clear()
+    handed_scope = anyio.CancelScope()
+    native: list[asyncio.Task[Any]] = []
+    natively_cancelled: list[bool] = []
+
+    async def releasing_holder() -> None:
+        async with guard:
+            entered.append("holder")
+            await anyio.sleep(0.02)
+        # The guard was just handed to "handed", which has not run yet.
+        if native:
+            native[0].cancel()
+        else:
+            handed_scope.cancel()
+
+    async def handed() -> None:
+        if anyio_backend[0] == "asyncio":
+            native.append(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            with handed_scope:
+                await waiter("handed")
+        except asyncio.CancelledError:
+            natively_cancelled.append(True)  # contained: the test cancelled it natively
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(releasing_holder)
+        await anyio.sleep(0.005)
+        tg.start_soon(handed)
+        await anyio.sleep(0.005)
+        tg.start_soon(waiter, "last")
+    if anyio_backend[0] == "asyncio":
+        assert natively_cancelled == [True]
+        assert entered == ["holder", "last"]
+    else:
+        assert entered == ["holder", "handed", "last"]
+    with anyio.fail_after(1):
+        async with guard:
+            pass

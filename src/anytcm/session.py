@@ -80,7 +80,6 @@ class Session:
         self.protocol = protocol
         self._transport = transport
         self._on_unsolicited = on_unsolicited
-        self._send_lock = anyio.Lock()
         self._inference: _Waiter | None = None
         self._stream: MemoryObjectSendStream[StreamItem] | None = None
         self._info: dict[int, _Waiter] = {}
