@@ -19,7 +19,7 @@ import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import wire
-from ._oneshot import oneshot
+from ._oneshot import Timers, new_timers, oneshot
 from .errors import AuthError, ConnectError, ConnectionLost, RequestTimeout, TcmError
 from .protocol import (
     AuthAccepted,
@@ -54,8 +54,8 @@ class _Waiter:
 
     __slots__ = ("error", "result", "signal")
 
-    def __init__(self) -> None:
-        self.signal = oneshot()
+    def __init__(self, timers: Timers | None) -> None:
+        self.signal = oneshot(timers)
         self.result: Any = None
         self.error: TcmError | None = None
 
@@ -80,6 +80,9 @@ class Session:
         self.protocol = protocol
         self._transport = transport
         self._on_unsolicited = on_unsolicited
+        # The deadlines of this connection's requests, on trio (None on asyncio): their task
+        # runs next to the reader (`open_session`).
+        self.timers = new_timers()
         self._inference: _Waiter | None = None
         self._stream: MemoryObjectSendStream[StreamItem] | None = None
         self._info: dict[int, _Waiter] = {}
@@ -261,7 +264,7 @@ class Session:
     ) -> InferenceCompleted:
         """One HTTP-protocol inference (a single COMPLETED or FAILED frame)."""
         frame = self.protocol.send_inference(payload)
-        waiter = _Waiter()
+        waiter = _Waiter(self.timers)
         self._inference = waiter
         try:
             await self._send(frame)
@@ -296,7 +299,7 @@ class Session:
 
     async def info(self, action: str, timeout: float) -> wire.InfoResponsePayload:
         job_id, frame = self.protocol.send_info(action)
-        waiter = _Waiter()
+        waiter = _Waiter(self.timers)
         self._info[job_id] = waiter
 
         def abandon() -> None:
@@ -311,7 +314,7 @@ class Session:
 
     async def management(self, payload: dict[str, Any], timeout: float) -> wire.ManagementResult:
         request_id, frame = self.protocol.send_management(payload)
-        waiter = _Waiter()
+        waiter = _Waiter(self.timers)
         self._management[request_id] = waiter
 
         def abandon() -> None:
@@ -353,6 +356,8 @@ async def open_session(
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(session.read_forever)
+                if session.timers is not None:
+                    tg.start_soon(session.timers.run)
                 try:
                     yield session
                 finally:
