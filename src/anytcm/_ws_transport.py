@@ -326,6 +326,23 @@ class WebsocketsTransport:
         finally:
             self._reading = False
 
+        out = self._absorb(data)
+        if out:  # pongs, the close echo, a close frame from a failure
+            with contextlib.suppress(ConnectionLost):
+                async with self._send_lock:
+                    await self._write(out)
+        if self._end is not None:
+            # We do not wait for the server to close TCP after the closing handshake: every
+            # frame that matters has been read, and a blocked wait here would gain nothing.
+            await self._close_stream()
+
+    def _absorb(self, data: bytes) -> list[bytes]:
+        """Feed received bytes to the protocol and handle its events; returns what to send.
+
+        Shared by `_pump` (a task) and `_on_data` (the read callback), which differ only in
+        how they write the replies and close the stream.
+        """
+        protocol = self._protocol
         protocol.receive_data(data)
         events = protocol.events_received()
         if events:
@@ -339,15 +356,7 @@ class WebsocketsTransport:
                 self._set_end(sent.code, sent.reason, protocol.parser_exc)
             else:
                 self._set_end(_ABNORMAL, str(protocol.parser_exc), protocol.parser_exc)
-        out = protocol.data_to_send()
-        if out:  # pongs, the close echo, a close frame from a failure
-            with contextlib.suppress(ConnectionLost):
-                async with self._send_lock:
-                    await self._write(out)
-        if self._end is not None:
-            # We do not wait for the server to close TCP after the closing handshake: every
-            # frame that matters has been read, and a blocked wait here would gain nothing.
-            await self._close_stream()
+        return protocol.data_to_send()
 
     def _on_data(self, data: bytes) -> None:
         """The asyncio stream's read callback once `deliver_to` is on: `_pump` without a task.
@@ -355,18 +364,7 @@ class WebsocketsTransport:
         Ends the connection the same way: a close frame or a protocol failure sets the end,
         and closing the stream makes the reader's waiting `receive()` report it.
         """
-        protocol = self._protocol
-        protocol.receive_data(data)
-        events = protocol.events_received()
-        if events:
-            self._process(cast("list[Frame]", events))
-        if protocol.parser_exc is not None and self._end is None:
-            sent = protocol.close_sent
-            if sent is not None:
-                self._set_end(sent.code, sent.reason, protocol.parser_exc)
-            else:
-                self._set_end(_ABNORMAL, str(protocol.parser_exc), protocol.parser_exc)
-        out = protocol.data_to_send()
+        out = self._absorb(data)
         stream = cast("_asyncio_stream.AsyncioSocketStream", self._stream)
         if out:  # pongs, the close echo, a close frame from a failure
             stream.write_nowait(out)
