@@ -678,3 +678,17 @@ def test_overflow_is_an_error_even_when_warnings_are_ignored(raw: bytes, datatyp
         warnings.simplefilter("ignore")
         with pytest.raises(InvalidInput, match="range"):
             decode_output(raw, datatype)
+
+
+@pytest.mark.parametrize("literal", [b"1" + b"0" * 38, b"-" + b"9" * 39 + b".5", b"4" * 40])
+def test_small_float32_output_with_39_digit_literals(literal: bytes) -> None:
+    """A literal of 39 digits is at least 1e38 and float32 ends at 3.4e38: numpy would turn
+    the larger ones into inf silently, so the small path hands such text on and the general
+    path decodes the ones in range and refuses the rest."""
+    raw = b"[1.5, " + literal + b"]"
+    if abs(float(literal)) > float(np.finfo(np.float32).max):
+        with pytest.raises(InvalidInput, match="range"):
+            decode_output(raw, "FP32")
+    else:
+        assert decode_output(raw, "FP32")[1] == np.float32(float(literal))
+    assert decode_output(raw, "FP64")[1] == float(literal)

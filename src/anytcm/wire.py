@@ -227,6 +227,96 @@ class FrameDecodeError(ValueError):
     """A frame that is not a JSON object, or a known frame type with a malformed body."""
 
 
+# Frames and array values from these sizes on are decoded by cutting the arrays out first.
+_CUT_FRAME_BYTES: Final = 1 << 16
+_CUT_VALUE_BYTES: Final = 1 << 14
+# Candidates examined per frame, and colons looked at: bound the scans on a frame full of
+# look-alikes in strings.
+_CUT_MAX_CANDIDATES: Final = 64
+_CUT_MAX_COLONS: Final = 1024
+_PLACEHOLDER_PREFIX: Final = b"\\u0000anytcm:"
+_PLACEHOLDER_MAX: Final = len(_PLACEHOLDER_PREFIX) + 2 + len(str(_CUT_MAX_CANDIDATES))
+
+
+def _cut_arrays(data: bytes) -> tuple[bytes, dict[bytes, memoryview]] | None:
+    """``data`` with each large array value of an object member replaced by a placeholder
+    string, and the placeholders' texts -> the arrays' spans; None if there is none to cut.
+
+    A candidate starts at ``":[`` (or ``": [``) and ends at the first run of as many ``]``
+    as it opens with. It is cut only if it holds no ``"``. Why the result is exact when the
+    rest decodes (`ServerFrameDecoder._decode_cut` checks that it does):
+
+    * The candidate starts inside a string: the placeholder's opening quote ends that string and the
+      placeholder's text (which starts with a backslash) follows it bare: invalid JSON.
+    * The run of ``]`` ends the array early (ragged nesting, whitespace between brackets):
+      what follows the placeholder is the rest of the array (``,`` or ``]`` and no key) in
+      an object: invalid JSON.
+    * The array ends before the run: past its end comes the next member's key (a quote: not
+      cut) or the ``}`` that closes the object. A cut past that ``}`` holds no other object
+      but ``{}`` (a key needs a quote), so the rest leaves an object open: invalid.
+
+    The array text itself is checked when the tensor codec parses it (strict JSON).
+    """
+    find = data.find
+    view = memoryview(data)
+    parts: list[bytes | memoryview] = []
+    spans: dict[bytes, memoryview] = {}
+    kept = pos = 0
+    candidates = 0
+    # Perf: colons are found at memchr speed; a search for ``":[`` would run ~40x slower.
+    for _ in range(_CUT_MAX_COLONS):
+        colon = find(b":", pos)
+        if colon < 0:
+            break
+        pos = start = colon + 1
+        if data[start : start + 1] == b" ":  # json.dumps writes ": " (orjson writes ":")
+            start += 1
+        if data[colon - 1] != 0x22 or data[start : start + 1] != b"[":  # '"'
+            continue
+        candidates += 1
+        if candidates > _CUT_MAX_CANDIDATES:
+            break
+        depth = 1
+        while data[start + depth : start + depth + 1] == b"[":
+            depth += 1
+        end = _closing_run(data, start + depth, depth)
+        if end < 0:
+            break
+        end += depth
+        if end - start < _CUT_VALUE_BYTES or find(b'"', start, end) >= 0:
+            pos = start
+            continue
+        placeholder = b'"%s%d"' % (_PLACEHOLDER_PREFIX, len(spans))
+        parts += (view[kept:start], placeholder)
+        spans[placeholder] = view[start:end]
+        kept = pos = end
+    if not spans:
+        return None
+    parts.append(view[kept:])
+    return b"".join(parts), spans
+
+
+def _closing_run(data: bytes, pos: int, depth: int) -> int:
+    """Where the first run of ``depth`` ``]`` starts from ``pos``, or -1.
+
+    Perf: a search for several bytes runs at ~1.3 ns per byte, one for a single byte at memchr
+    speed. Hopping from ``]`` to ``]`` (~0.15 us a hop) finds the end of an array of up to
+    ~1000 rows sooner; only more rows than that fall back to the longer search.
+    """
+    if depth == 1:
+        return data.find(b"]", pos)
+    run = b"]" * depth
+    for _ in range(_CLOSING_HOPS):
+        hit = data.find(b"]", pos)
+        if hit < 0 or data.startswith(run, hit):
+            return hit
+        pos = hit + 1
+    return data.find(run, pos)
+
+
+_CLOSING_HOPS: Final = 1024
+
+
 class ServerFrameDecoder:
     """Decodes server frames. One per connection; reuses msgspec decoders (they are not cheap)."""
 
@@ -240,6 +330,10 @@ class ServerFrameDecoder:
         self._generic = msgspec.json.Decoder(dict[str, Any])
 
     def decode(self, data: bytes) -> ServerFrame:
+        if len(data) >= _CUT_FRAME_BYTES and type(data) is bytes:
+            reply = self._decode_cut(data)
+            if reply is not None:
+                return reply
         try:
             return self._typed.decode(data)
         except msgspec.ValidationError as exc:
@@ -253,6 +347,37 @@ class ServerFrameDecoder:
             return UnknownFrame(frame_type if isinstance(frame_type, str) else None, generic)
         except msgspec.DecodeError as exc:
             raise FrameDecodeError(f"server frame is not valid JSON: {exc}") from None
+
+    def _decode_cut(self, data: bytes) -> InferenceReply | None:
+        """An inference reply decoded with its large array values cut out, or None to decline.
+
+        Perf: to slice a value as `msgspec.Raw`, msgspec still parses every number in it
+        (~2 ns per byte: 5 ms of a 2.8 MB reply, a quarter of the cost of decoding it into
+        numpy). Cut out, each array costs a few memchr scans, and the tensor codec parses its
+        text once, later. Any doubt declines, and the whole frame is decoded as usual.
+        """
+        cut = _cut_arrays(data)
+        if cut is None:
+            return None
+        rest, spans = cut
+        # Every placeholder-like text left must be one of ours: then a match below is ours.
+        if rest.count(_PLACEHOLDER_PREFIX) != len(spans):
+            return None
+        try:
+            frame = self._typed.decode(rest)
+        except msgspec.DecodeError:  # ValidationError too: the full decode explains
+            return None
+        if type(frame) is not InferenceReply or type(frame.payload.data) is not dict:
+            return None
+        values = frame.payload.data
+        found = 0
+        for name, value in values.items():
+            span = spans.get(bytes(value)) if len(value) <= _PLACEHOLDER_MAX else None
+            if span is not None:
+                values[name] = msgspec.Raw(span)
+                found += 1
+        # A placeholder anywhere else (a pipeline step, an error's details) declines.
+        return frame if found == len(spans) else None
 
 
 class FailedObject(msgspec.Struct):
