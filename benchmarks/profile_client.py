@@ -16,7 +16,8 @@ Two profilers:
   send); `--timer cpu` avoids that at a higher per-call cost.
 
 Run: `/work/venv/bin/python benchmarks/profile_client.py [--count 10000] [--top 25]`;
-`--backend trio` profiles one backend only.
+`--backend trio` profiles one backend only; `--concurrency 8` runs 8 calling tasks on a pool of 8
+(the benchmark's concurrent case) instead of the sequential loop.
 """
 
 from __future__ import annotations
@@ -72,10 +73,22 @@ def module_of(key: Key) -> str:
     return path
 
 
-async def loop(client: anytcm.AsyncClient, count: int) -> None:
-    for _ in range(count):
-        result = await client.infer("double", {"INPUT0": X}, target=TARGET, output_dtypes=DTYPES)
-        result.as_numpy("OUTPUT0")
+async def loop(client: anytcm.AsyncClient, count: int, concurrency: int = 1) -> None:
+    """`count` inferences in `concurrency` tasks, each calling one after the other."""
+
+    async def calls(n: int) -> None:
+        for _ in range(n):
+            result = await client.infer(
+                "double", {"INPUT0": X}, target=TARGET, output_dtypes=DTYPES
+            )
+            result.as_numpy("OUTPUT0")
+
+    if concurrency == 1:
+        await calls(count)
+        return
+    async with anyio.create_task_group() as tg:
+        for i in range(concurrency):
+            tg.start_soon(calls, count // concurrency + (i < count % concurrency))
 
 
 class CpuSampler:
@@ -129,20 +142,20 @@ Table = dict[Key, tuple[int, float, float]]
 
 
 async def session(
-    url: str, count: int, warmup: int, profiler_kind: str, timer: str
+    url: str, count: int, warmup: int, profiler_kind: str, timer: str, concurrency: int
 ) -> tuple[float, float, Table, int]:
     """Returns (plain CPU ms/req, profiled CPU ms/req, table, samples or 0)."""
-    async with anytcm.connect(url, pool_size=1) as client:
-        await loop(client, warmup)
+    async with anytcm.connect(url, pool_size=concurrency) as client:
+        await loop(client, warmup, concurrency)
         # Unprofiled figure first, for scale.
         cpu0 = time.process_time()
-        await loop(client, count)
+        await loop(client, count, concurrency)
         plain_cpu = (time.process_time() - cpu0) / count * 1e3
         if profiler_kind == "sample":
             sampler = CpuSampler()
             cpu0 = time.process_time()
             with sampler:
-                await loop(client, count)
+                await loop(client, count, concurrency)
             cpu = time.process_time() - cpu0
             return plain_cpu, cpu / count * 1e3, sampler.table(cpu), len(sampler.samples)
         # cProfile. The CPU clock: with the default wall clock a descheduled thread (2 cores
@@ -150,7 +163,7 @@ async def session(
         profiler = cProfile.Profile(time.process_time) if timer == "cpu" else cProfile.Profile()
         cpu0 = time.process_time()
         profiler.enable()
-        await loop(client, count)
+        await loop(client, count, concurrency)
         profiler.disable()
         profiled_cpu = (time.process_time() - cpu0) / count * 1e3
     raw: dict[Key, tuple[int, int, float, float, Any]] = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
@@ -211,6 +224,12 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--backend", choices=("asyncio", "trio"), action="append")
     parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="calling tasks, with as many connections (pool_size); 1: the sequential loop",
+    )
+    parser.add_argument(
         "--profiler",
         choices=("sample", "cprofile"),
         default="sample",
@@ -235,9 +254,15 @@ def main() -> None:
                 args.warmup,
                 args.profiler,
                 args.timer,
+                args.concurrency,
                 backend=backend,
             )
-            print(f"\n## anytcm on {backend}: small sequential loop, {args.count} requests\n")
+            mode = (
+                "sequential loop"
+                if args.concurrency == 1
+                else f"{args.concurrency} concurrent loops on pool_size={args.concurrency}"
+            )
+            print(f"\n## anytcm on {backend}: small {mode}, {args.count} requests\n")
             print(
                 f"Client CPU per request: {plain:.3f} ms without the profiler, "
                 f"{profiled:.3f} ms under the {what}"
