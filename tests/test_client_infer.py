@@ -45,6 +45,26 @@ async def test_double_result_api(manager: ReferenceManager) -> None:
     assert result.as_numpy("OUTPUT0") is out  # decoded once
 
 
+@pytest.mark.parametrize("size", [16, 5000])  # within, then past, the inline fast path's budget
+async def test_explicit_json_carrier_gives_the_same_result_as_auto(
+    manager: ReferenceManager, size: int
+) -> None:
+    x = np.random.default_rng(size).random(size, dtype=np.float32)
+    async with anytcm.connect(manager.ws_url, pool_size=1) as client:
+        results = [
+            await client.infer(
+                "double",
+                {"INPUT0": x},
+                target=REF,
+                carrier=carrier,
+                output_dtypes={"OUTPUT0": "FP32"},
+            )
+            for carrier in ("json", "auto", ["json"])
+        ]
+    for result in results:
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), 2 * x)
+
+
 async def test_unknown_output_is_key_error_naming_the_outputs(manager: ReferenceManager) -> None:
     async with anytcm.connect(manager.ws_url, pool_size=1) as client:
         result = await client.infer("double", {"INPUT0": f32(1.0)}, target=REF)

@@ -7,7 +7,6 @@ value for value, or decline. Thresholds are lowered so that small generated fram
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -32,10 +31,9 @@ _plain = msgspec.json.Decoder(
 
 
 @pytest.fixture
-def small_thresholds(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def small_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(wire, "_CUT_FRAME_BYTES", 16)
     monkeypatch.setattr(wire, "_CUT_VALUE_BYTES", 4)
-    return
 
 
 def reply(data: Any, **payload: Any) -> dict[str, Any]:

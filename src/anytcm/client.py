@@ -412,14 +412,14 @@ class AsyncClient:
         """The common request, small arrays inline as JSON, without the general staging path.
 
         Taken only when the general path would surely pick the built-in json carrier: a dict of
-        ndarrays, carrier "auto", no model spec to check against, at most a quarter of the frame
-        cap in array bytes. Anything else (or a frame over the cap after all) returns None and
-        the general path decides, with its full checks and messages. Perf: the general path
-        builds four small objects per input and consults the carrier registry, ~15% of a small
-        request's client CPU (`benchmarks/profile_client.py`).
+        ndarrays, carrier "auto" or "json", no model spec to check against, at most a quarter of
+        the frame cap in array bytes. Anything else (or a frame over the cap after all) returns
+        None and the general path decides, with its full checks and messages. Perf: the general
+        path builds four small objects per input and consults the carrier registry, ~15% of a
+        small request's client CPU (`benchmarks/profile_client.py`).
         """
         if (
-            carrier != "auto"
+            (carrier != "auto" and carrier != "json")
             or type(inputs) is not dict
             or input_spec is not None
             or (self._specs and self.model_spec(model, target) is not None)
