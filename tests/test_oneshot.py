@@ -1,8 +1,9 @@
 """The one-shot signal every request waits on (`anytcm._oneshot`), on asyncio and trio.
 
-On trio the deadlines are served by a timer task of the owner (`new_timers()`); on asyncio
-`new_timers()` is None and each wait has its own timer handle. The same behaviour is asserted
-on both, with the timers running, without them, and when they stop under a waiting task.
+The deadlines are served by the owner's timers (`new_timers()`: one loop timer handle on
+asyncio, one timer task on trio), or without them by each wait itself. The same behaviour is
+asserted on both, with the timers running, without them, and when they stop under a waiting
+task.
 """
 
 from __future__ import annotations
@@ -19,22 +20,15 @@ pytestmark = pytest.mark.anyio
 
 
 @asynccontextmanager
-async def running_timers() -> AsyncIterator[Timers | None]:
-    """Timers with their task running for the block (None on asyncio)."""
+async def running_timers() -> AsyncIterator[Timers]:
+    """Timers with their `run()` running for the block."""
     timers = new_timers()
     async with anyio.create_task_group() as tg:
-        if timers is not None:
-            tg.start_soon(timers.run)
-            await anyio.sleep(0.01)  # let it start: waits before that use their own scope
+        tg.start_soon(timers.run)
+        await anyio.sleep(0.01)  # let it start: waits before that serve their own deadline
+        assert timers.running  # type: ignore[attr-defined]
         yield timers
         tg.cancel_scope.cancel()
-
-
-def test_no_timers_on_asyncio_and_timers_on_trio(anyio_backend: tuple[str, object]) -> None:
-    async def check() -> None:
-        assert (new_timers() is None) is (anyio_backend[0] == "asyncio")
-
-    anyio.run(check, backend=anyio_backend[0])
 
 
 @pytest.mark.parametrize("with_timers", [True, False], ids=["timers", "no-timers"])
@@ -124,8 +118,7 @@ async def test_a_wait_outlives_its_timers_with_its_deadline_intact() -> None:
 
     async with anyio.create_task_group() as outer:
         async with anyio.create_task_group() as owner:
-            if timers is not None:
-                owner.start_soon(timers.run)
+            owner.start_soon(timers.run)
             await anyio.sleep(0.01)
             outer.start_soon(wait, "answered", shot, 5.0)
             outer.start_soon(wait, "timed", timed, 0.3)
@@ -144,6 +137,5 @@ async def test_ended_waits_do_not_pile_up() -> None:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_set_after, shot, 0)
                 assert await shot.wait(30.0) is True
-        if timers is not None:
-            # Every wait left an entry behind (30 s deadlines); compaction keeps them bounded.
-            assert len(timers._heap) < 300  # type: ignore[attr-defined]
+        # Every wait left an entry behind (30 s deadlines); compaction keeps them bounded.
+        assert len(timers._heap) < 300  # type: ignore[attr-defined]

@@ -4,9 +4,10 @@ Every request waits for exactly one thing (its reply, or a free connection) with
 Written with anyio that is an `anyio.Event` inside `anyio.fail_after`, and on asyncio that pair
 costs ~25 µs per request (a cancel scope that tracks the task and reschedules cancellation,
 plus an `asyncio.Event` wrapped in anyio's): a tenth of a small request's client CPU
-(`benchmarks/profile_client.py`). Here the asyncio version is one future and one timer handle;
-the trio version parks the task and leaves the deadline to a timer task of the owner (see
-`_trio_factory`), or, without one, to a cancel scope of its own.
+(`benchmarks/profile_client.py`). Here a wait is one future on asyncio (a parked task on
+trio), and its deadline an entry in the owner's timers (`new_timers()`: one loop timer handle
+on asyncio, see `_AsyncioTimers`; one timer task on trio, see `_trio_factory`), or, without
+them, a timer handle (asyncio) or cancel scope (trio) of its own.
 
 Cancellation from outside (an anyio cancel scope, a task group) reaches the waiting task
 exactly as it would reach `anyio.Event.wait()`, and is never swallowed.
@@ -15,6 +16,9 @@ exactly as it would reach `anyio.Event.wait()`, and is never swallowed.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
+import math
 from collections.abc import Callable
 from typing import Protocol
 
@@ -35,12 +39,15 @@ class OneShot(Protocol):
 
 
 class _AsyncioOneShot:
-    __slots__ = ("_future", "_loop", "_timed_out")
+    __slots__ = ("_deadline", "_future", "_loop", "_timed_out", "_timer", "_timers")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, timers: Timers | None) -> None:
         self._loop = loop
         self._future: asyncio.Future[None] = loop.create_future()
         self._timed_out = False
+        self._timers = timers if isinstance(timers, _AsyncioTimers) else None
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
 
     def set(self) -> None:
         if not self._future.done():
@@ -54,30 +61,102 @@ class _AsyncioOneShot:
             self._timed_out = True
             self._future.set_result(None)
 
+    def _orphan(self) -> None:
+        """The timers stopped under this wait: it keeps its deadline with a handle of its own."""
+        if not self._future.done():
+            self._timer = self._loop.call_at(self._deadline, self._expire)
+
     async def wait(self, timeout: float) -> bool:
         future = self._future
         if future.done():
             return not self._timed_out
         if timeout <= 0:
             return False
-        timer = self._loop.call_later(timeout, self._expire)
+        loop = self._loop
+        timers = self._timers
+        if timers is not None and timers.running:
+            self._deadline = loop.time() + timeout
+            timers.add(self._deadline, self)
+        else:
+            self._timer = loop.call_later(timeout, self._expire)
         try:
             await future
         finally:
-            timer.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
         return not self._timed_out
 
 
-def _new_asyncio() -> OneShot | None:
+class _AsyncioTimers:
+    """The deadlines of one owner's waits on asyncio, behind one loop timer handle.
+
+    Perf: a timer handle per wait (``call_later``, then ``cancel`` when the reply comes, and
+    the loop's own clean-up of cancelled handles) costs a few µs per request. Here a wait is a
+    heap push; one handle stays armed for the earliest deadline, and a wait that ended leaves
+    its entry behind, dropped when the heap is compacted or reaches the top (a reply almost
+    always comes long before its deadline, so the handle seldom moves).
+    """
+
+    __slots__ = ("_compact_at", "_handle", "_handle_at", "_heap", "_loop", "_order", "running")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._heap: list[tuple[float, int, _AsyncioOneShot]] = []
+        self._order = itertools.count()  # ties never compare the shots
+        self._handle: asyncio.TimerHandle | None = None
+        self._handle_at = math.inf
+        self._compact_at = 64
+        self.running = False
+
+    def add(self, deadline: float, shot: _AsyncioOneShot) -> None:
+        heap = self._heap
+        heapq.heappush(heap, (deadline, next(self._order), shot))
+        if deadline < self._handle_at:
+            self._arm(deadline)
+        if len(heap) >= self._compact_at:
+            heap[:] = [entry for entry in heap if not entry[2]._future.done()]
+            heapq.heapify(heap)
+            self._compact_at = max(64, 4 * len(heap))
+
+    def _arm(self, deadline: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = self._loop.call_at(deadline, self._fire)
+        self._handle_at = deadline
+
+    def _fire(self) -> None:
+        self._handle, self._handle_at = None, math.inf
+        heap = self._heap
+        now = self._loop.time()
+        while heap and (heap[0][2]._future.done() or heap[0][0] <= now):
+            heapq.heappop(heap)[2]._expire()
+        if heap:
+            self._arm(heap[0][0])
+
+    async def run(self) -> None:
+        self.running = True
+        try:
+            await self._loop.create_future()  # until the owner's task group is cancelled
+        finally:
+            self.running = False
+            if self._handle is not None:
+                self._handle.cancel()
+            self._handle, self._handle_at = None, math.inf
+            heap = self._heap
+            while heap:
+                heapq.heappop(heap)[2]._orphan()
+
+
+def _new_asyncio(timers: Timers | None) -> OneShot | None:
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         return None
-    return _AsyncioOneShot(loop)
+    return _AsyncioOneShot(loop, timers)
 
 
 class Timers(Protocol):
-    """Deadlines of one owner's waits, expired by one task the owner runs (trio; see below)."""
+    """Deadlines of one owner's waits, served while the owner runs `run()` (see below)."""
 
     async def run(self) -> None:
         """Expire deadlines until cancelled; run it in the owner's task group."""
@@ -95,10 +174,6 @@ def _trio_factory() -> tuple[Callable[[Timers | None], OneShot], Callable[[], Ti
     compacted or reaches the top. Without timers, or once their task has ended (the owner
     shutting down), a wait falls back to a cancel scope of its own for the time left.
     """
-    import heapq
-    import itertools
-    import math
-
     import outcome
     import trio
     from trio.lowlevel import Abort, current_task, reschedule, wait_task_rescheduled
@@ -207,25 +282,25 @@ def _trio() -> tuple[Callable[[Timers | None], OneShot], Callable[[], Timers]]:
 def oneshot(timers: Timers | None = None) -> OneShot:
     """A new signal for the running backend (asyncio or trio); call it inside the event loop.
 
-    `timers` (from `new_timers()`, its task running) serve the deadline on trio; asyncio has
-    cheap timer handles of its own and ignores them.
+    `timers` (from `new_timers()`, its `run()` running) serve the deadline; without them, or
+    once they stopped, a wait serves its own.
     """
-    made = _new_asyncio()
+    made = _new_asyncio(timers)
     if made is not None:
         return made
     return _trio()[0](timers)
 
 
-def new_timers() -> Timers | None:
-    """Deadline service for the waits of one owner, on trio; None on asyncio (not needed).
+def new_timers() -> Timers:
+    """Deadline service for the waits of one owner, on the running backend.
 
     The owner runs `timers.run()` in its task group for as long as it creates waits.
     """
     try:
-        asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
     except RuntimeError:
         return _trio()[1]()
-    return None
+    return _AsyncioTimers(loop)
 
 
 def backend_clock() -> Callable[[], float]:

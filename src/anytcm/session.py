@@ -80,8 +80,8 @@ class Session:
         self.protocol = protocol
         self._transport = transport
         self._on_unsolicited = on_unsolicited
-        # The deadlines of this connection's requests, on trio (None on asyncio): their task
-        # runs next to the reader (`open_session`).
+        # The deadlines of this connection's requests, served next to the reader
+        # (`open_session`).
         self.timers = new_timers()
         self._inference: _Waiter | None = None
         self._stream: MemoryObjectSendStream[StreamItem] | None = None
@@ -356,8 +356,7 @@ async def open_session(
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(session.read_forever)
-                if session.timers is not None:
-                    tg.start_soon(session.timers.run)
+                tg.start_soon(session.timers.run)
                 try:
                     yield session
                 finally:
