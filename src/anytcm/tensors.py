@@ -516,19 +516,19 @@ def decode_output(
 _SMALL_TEXT: Final = 4096
 _F32: Final = np.dtype(np.float32)
 _F64: Final = np.dtype(np.float64)
-# Perf: each digit maps to "0", so one translate serves the charset check and the digit-run
+# Perf: with each digit mapped to "0", one text serves the charset check and the digit-run
 # search. A regex for the run (``\d{39}``) restarts at every digit: ~7 us for 16 float64 reprs.
 _DIGITS_AS_ZERO: Final = bytes.maketrans(b"123456789", b"000000000")
-_PLAIN_NUMBER_BYTES: Final = b"0[],.- \t\r\nul"  # digits (as "0"), lists, null
+_PLAIN_NUMBER_BYTES: Final = b"0[],.- \t\r\n"  # digits (as "0"), lists, decimal points
 _FLOAT32_OVERFLOW_RUN: Final = b"0" * 39
 
 
 def _plain_decimals(text: bytes, *, float32: bool) -> bool:
-    """Whether ``text`` holds only lists of plain decimals and nulls, none too large for float32.
+    """Whether ``text`` holds only lists of plain decimals, none too large for float32.
 
     No exponent means no overflow for float64; for float32 a literal needs 39 digits before the
     point to overflow (3.4e38), and numpy would make it inf silently, so such text is refused
-    here and the general path raises.
+    here and the general path raises. Nulls (NaN) take the general path too.
     """
     zeroed = text.translate(_DIGITS_AS_ZERO)
     if zeroed.translate(None, _PLAIN_NUMBER_BYTES):
