@@ -19,8 +19,8 @@ import asyncio
 import heapq
 import itertools
 import math
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Iterator
+from typing import Generic, Protocol, TypeVar
 
 __all__ = ("OneShot", "Timers", "backend_clock", "new_timers", "oneshot")
 
@@ -36,6 +36,56 @@ class OneShot(Protocol):
 
     async def wait(self, timeout: float) -> bool:
         """Wait at most `timeout` seconds; True if set, False on timeout."""
+
+
+class _Parked(Protocol):
+    def pending(self) -> bool:
+        """True while its wait still needs its deadline."""
+
+
+_S = TypeVar("_S", bound=_Parked)
+
+
+class _Deadlines(Generic[_S]):
+    """The deadlines of one owner's waits, earliest first; what both timer services keep.
+
+    A wait that ended leaves its entry behind (removing it would cost a search): entries are
+    dropped when they reach the top or when the heap is compacted, which happens once it has
+    grown fourfold since the last compaction, so the cost per wait stays O(1) amortised.
+    """
+
+    __slots__ = ("_compact_at", "_entries", "_order")
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[float, int, _S]] = []
+        self._order = itertools.count()  # ties never compare the waits
+        self._compact_at = 64
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def push(self, deadline: float, shot: _S) -> None:
+        entries = self._entries
+        heapq.heappush(entries, (deadline, next(self._order), shot))
+        if len(entries) >= self._compact_at:
+            entries[:] = [entry for entry in entries if entry[2].pending()]
+            heapq.heapify(entries)
+            self._compact_at = max(64, 4 * len(entries))
+
+    def earliest(self) -> float:
+        """The top entry's deadline (perhaps of an ended wait), or inf when there is none."""
+        return self._entries[0][0] if self._entries else math.inf
+
+    def pop_due(self, now: float) -> Iterator[_S]:
+        """Pop the entries due by `now` and those of ended waits, up to the first live one."""
+        entries = self._entries
+        while entries and (entries[0][0] <= now or not entries[0][2].pending()):
+            yield heapq.heappop(entries)[2]
+
+    def pop_all(self) -> Iterator[_S]:
+        entries = self._entries
+        while entries:
+            yield heapq.heappop(entries)[2]
 
 
 class _AsyncioOneShot:
@@ -60,6 +110,9 @@ class _AsyncioOneShot:
         if not self._future.done():
             self._timed_out = True
             self._future.set_result(None)
+
+    def pending(self) -> bool:
+        return not self._future.done()
 
     def _orphan(self) -> None:
         """The timers stopped under this wait: it keeps its deadline with a handle of its own."""
@@ -92,31 +145,23 @@ class _AsyncioTimers:
 
     Perf: a timer handle per wait (``call_later``, then ``cancel`` when the reply comes, and
     the loop's own clean-up of cancelled handles) costs a few µs per request. Here a wait is a
-    heap push; one handle stays armed for the earliest deadline, and a wait that ended leaves
-    its entry behind, dropped when the heap is compacted or reaches the top (a reply almost
+    heap push (`_Deadlines`); one handle stays armed for the earliest deadline (a reply almost
     always comes long before its deadline, so the handle seldom moves).
     """
 
-    __slots__ = ("_compact_at", "_handle", "_handle_at", "_heap", "_loop", "_order", "running")
+    __slots__ = ("_handle", "_handle_at", "_heap", "_loop", "running")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._heap: list[tuple[float, int, _AsyncioOneShot]] = []
-        self._order = itertools.count()  # ties never compare the shots
+        self._heap: _Deadlines[_AsyncioOneShot] = _Deadlines()
         self._handle: asyncio.TimerHandle | None = None
         self._handle_at = math.inf
-        self._compact_at = 64
         self.running = False
 
     def add(self, deadline: float, shot: _AsyncioOneShot) -> None:
-        heap = self._heap
-        heapq.heappush(heap, (deadline, next(self._order), shot))
+        self._heap.push(deadline, shot)
         if deadline < self._handle_at:
             self._arm(deadline)
-        if len(heap) >= self._compact_at:
-            heap[:] = [entry for entry in heap if not entry[2]._future.done()]
-            heapq.heapify(heap)
-            self._compact_at = max(64, 4 * len(heap))
 
     def _arm(self, deadline: float) -> None:
         if self._handle is not None:
@@ -126,12 +171,10 @@ class _AsyncioTimers:
 
     def _fire(self) -> None:
         self._handle, self._handle_at = None, math.inf
-        heap = self._heap
-        now = self._loop.time()
-        while heap and (heap[0][2]._future.done() or heap[0][0] <= now):
-            heapq.heappop(heap)[2]._expire()
-        if heap:
-            self._arm(heap[0][0])
+        for shot in self._heap.pop_due(self._loop.time()):
+            shot._expire()
+        if self._heap:
+            self._arm(self._heap.earliest())
 
     async def run(self) -> None:
         self.running = True
@@ -142,9 +185,8 @@ class _AsyncioTimers:
             if self._handle is not None:
                 self._handle.cancel()
             self._handle, self._handle_at = None, math.inf
-            heap = self._heap
-            while heap:
-                heapq.heappop(heap)[2]._orphan()
+            for shot in self._heap.pop_all():
+                shot._orphan()
 
 
 def _new_asyncio(timers: Timers | None) -> OneShot | None:
@@ -170,8 +212,7 @@ def _trio_factory() -> tuple[Callable[[Timers | None], OneShot], Callable[[], Ti
     ~5% of a small request's client CPU on trio. Here a wait is `wait_task_rescheduled` and a
     heap push: the deadlines live in a `_TrioTimers` whose one task (in the owner's task
     group, e.g. the session's, next to its reader) sleeps until the earliest one. Entries are
-    removed lazily: a wait that ended leaves its entry behind, dropped when the heap is
-    compacted or reaches the top. Without timers, or once their task has ended (the owner
+    removed lazily (`_Deadlines`). Without timers, or once their task has ended (the owner
     shutting down), a wait falls back to a cancel scope of its own for the time left.
     """
     import outcome
@@ -182,44 +223,35 @@ def _trio_factory() -> tuple[Callable[[Timers | None], OneShot], Callable[[], Ti
     timed_out, woken, gone = False, True, None  # gone: the timers stopped, use a scope
 
     class _TrioTimers:
-        __slots__ = ("_compact_at", "_heap", "_order", "_scope", "running")
+        __slots__ = ("_heap", "_scope", "running")
 
         def __init__(self) -> None:
-            self._heap: list[tuple[float, int, _TrioOneShot]] = []
-            self._order = itertools.count()  # ties never compare the shots
+            self._heap: _Deadlines[_TrioOneShot] = _Deadlines()
             self._scope: trio.CancelScope | None = None
-            self._compact_at = 64
             self.running = False
 
         def add(self, deadline: float, shot: _TrioOneShot) -> None:
-            heap = self._heap
-            heapq.heappush(heap, (deadline, next(self._order), shot))
+            self._heap.push(deadline, shot)
             scope = self._scope
             if scope is not None and deadline < scope.deadline:
                 scope.deadline = deadline
-            if len(heap) >= self._compact_at:
-                # Amortised O(1): most entries belong to waits that ended long ago.
-                heap[:] = [entry for entry in heap if entry[2]._task is not None]
-                heapq.heapify(heap)
-                self._compact_at = max(64, 4 * len(heap))
 
         async def run(self) -> None:
             heap = self._heap
             self.running = True
             try:
                 while True:
-                    now = trio.current_time()
-                    while heap and (heap[0][2]._task is None or heap[0][0] <= now):
-                        heapq.heappop(heap)[2]._wake(timed_out)
-                    with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as scope:
+                    for shot in heap.pop_due(trio.current_time()):
+                        shot._wake(timed_out)
+                    with trio.CancelScope(deadline=heap.earliest()) as scope:
                         self._scope = scope
                         await trio.sleep_forever()
                     self._scope = None
             finally:
                 self.running = False
                 self._scope = None
-                while heap:
-                    heapq.heappop(heap)[2]._wake(gone)
+                for shot in heap.pop_all():
+                    shot._wake(gone)
 
     class _TrioOneShot:
         __slots__ = ("_set", "_task", "_timers")
@@ -236,6 +268,9 @@ def _trio_factory() -> tuple[Callable[[Timers | None], OneShot], Callable[[], Ti
 
         def is_set(self) -> bool:
             return self._set
+
+        def pending(self) -> bool:
+            return self._task is not None
 
         def _wake(self, answer: bool | None) -> None:
             task = self._task
