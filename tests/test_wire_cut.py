@@ -64,6 +64,17 @@ def same_frame(frame: bytes) -> wire.ServerFrame:
     return ours
 
 
+def cut_outputs(frame: bytes, arrays: int) -> dict[str, bytes]:
+    """Assert `arrays` arrays are cut and the frame decodes as whole; its outputs' raw texts."""
+    cut = wire._cut_arrays(frame)
+    assert cut is not None
+    assert len(cut[1]) == arrays
+    decoded = same_frame(frame)
+    assert isinstance(decoded, wire.InferenceReply)
+    assert isinstance(decoded.payload.data, dict)
+    return {name: bytes(raw) for name, raw in decoded.payload.data.items()}
+
+
 def test_a_large_1d_output_is_cut_and_decodes_like_the_whole_frame() -> None:
     arr = np.random.default_rng(0).random(40_000, dtype=np.float32)
     frame = orjson.dumps(
@@ -71,14 +82,8 @@ def test_a_large_1d_output_is_cut_and_decodes_like_the_whole_frame() -> None:
         option=orjson.OPT_SERIALIZE_NUMPY,
     )
     assert len(frame) >= wire._CUT_FRAME_BYTES
-    cut = wire._cut_arrays(frame)
-    assert cut is not None
-    assert len(cut[1]) == 1
-    decoded = same_frame(frame)
-    assert isinstance(decoded, wire.InferenceReply)
-    assert isinstance(decoded.payload.data, dict)
-    out = decode_output(bytes(decoded.payload.data["OUTPUT0"]), "FP32")
-    assert np.array_equal(out, arr)
+    outputs = cut_outputs(frame, 1)  # the small OUTPUT1 stays in place
+    assert np.array_equal(decode_output(outputs["OUTPUT0"], "FP32"), arr)
 
 
 @pytest.mark.parametrize(
@@ -95,14 +100,9 @@ def test_large_nd_outputs_and_several_outputs_are_cut(
     rng = np.random.default_rng(1)
     a, b = rng.random(a_shape, dtype=np.float32), rng.integers(0, 9, b_shape)
     frame = orjson.dumps(reply({"A": a, "B": b, "C": "text"}), option=orjson.OPT_SERIALIZE_NUMPY)
-    cut = wire._cut_arrays(frame)
-    assert cut is not None
-    assert len(cut[1]) == 2
-    decoded = same_frame(frame)
-    assert isinstance(decoded, wire.InferenceReply)
-    assert isinstance(decoded.payload.data, dict)
-    assert np.array_equal(decode_output(bytes(decoded.payload.data["A"]), "FP32"), a)
-    assert np.array_equal(decode_output(bytes(decoded.payload.data["B"]), "INT64"), b)
+    outputs = cut_outputs(frame, 2)
+    assert np.array_equal(decode_output(outputs["A"], "FP32"), a)
+    assert np.array_equal(decode_output(outputs["B"], "INT64"), b)
 
 
 @pytest.mark.usefixtures("small_thresholds")
@@ -191,14 +191,8 @@ def test_json_dumps_spacing_is_cut_too() -> None:
     """Without orjson the manager writes ``": "`` and ``", "`` (json.dumps defaults)."""
     values = np.random.default_rng(2).random((2, 3000)).tolist()
     frame = json.dumps(reply({"OUTPUT0": values[0], "OUTPUT1": values}, model_name="m")).encode()
-    cut = wire._cut_arrays(frame)
-    assert cut is not None
-    assert len(cut[1]) == 2
-    decoded = same_frame(frame)
-    assert isinstance(decoded, wire.InferenceReply)
-    assert isinstance(decoded.payload.data, dict)
-    out = decode_output(bytes(decoded.payload.data["OUTPUT1"]), "FP64")
-    assert out.tolist() == values
+    outputs = cut_outputs(frame, 2)
+    assert decode_output(outputs["OUTPUT1"], "FP64").tolist() == values
 
 
 def test_the_colons_looked_at_are_bounded() -> None:
