@@ -680,11 +680,69 @@ def test_overflow_is_an_error_even_when_warnings_are_ignored(raw: bytes, datatyp
             decode_output(raw, datatype)
 
 
+def general_decode(text: bytes, dtype: str) -> npt.NDArray[Any] | InvalidInput:
+    """What the general path alone makes of `text`: an array, or the error it raises."""
+    try:
+        return tensors._decode_general(orjson.loads(text), TRITON_TO_NUMPY[dtype])
+    except InvalidInput as exc:
+        return exc
+
+
+# Elements the small path must refuse or get exactly right: nulls, booleans, strings, values
+# at and beyond float32's finite range, nested values.
+_SMALL_LOOKALIKES = (
+    b"null", b"true", b"false", b'"1.5"', b"1e39", b"-3.5e38", b"3.4028235e38",
+    b"340282356779733661637539395458142568448", b"[]", b"[1.5]", b"{}",
+)  # fmt: skip
+_SMALL_ELEMENTS = st.one_of(
+    st.floats(width=32, allow_nan=False).map(lambda v: orjson.dumps(v)),  # float64 repr
+    st.floats(width=32, allow_nan=False).map(lambda v: orjson.dumps(np.float32(v), option=OPT)),
+    st.floats(allow_nan=False, allow_infinity=False).map(lambda v: orjson.dumps(v)),
+    st.integers(-(2**70), 2**70).map(lambda v: str(v).encode()),
+    st.sampled_from(_SMALL_LOOKALIKES),
+)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.lists(_SMALL_ELEMENTS, max_size=6), min_size=1, max_size=4),
+    st.booleans(),
+    st.sampled_from([b",", b", ", b" ,\n "]),
+    st.sampled_from(["FP32", "FP64"]),
+)
+def test_small_float_path_agrees_with_the_general_path(
+    rows: list[list[bytes]], nested: bool, comma: bytes, dtype: str
+) -> None:
+    """The small path (typed msgspec decoders, then numpy) decides nothing the general path
+    would decide differently: each text decodes to the same array, or both refuse it."""
+    if nested:
+        text = b"[" + comma.join(b"[" + comma.join(row) + b"]" for row in rows) + b"]"
+    else:
+        text = b"[" + comma.join(rows[0]) + b"]"
+    expected = general_decode(text, dtype)
+    if isinstance(expected, InvalidInput):
+        with pytest.raises(InvalidInput):
+            decode_output(text, dtype)
+    else:
+        assert same(decode_output(text, dtype), expected)
+
+
+def test_small_float_path_takes_the_common_forms() -> None:
+    """The forms a reply carries go through the small path itself, not a fallback."""
+    for text in (b"[0.5, -2, 1e-3]", b"[[1.5, 2.5]]", b"[[1.5],[2.5]]", b"[]", b" [1.0] "):
+        for target in (np.dtype(np.float32), np.dtype(np.float64)):
+            small = tensors._decode_small(text, target)
+            assert small is not None, text
+            assert same(small, np.asarray(orjson.loads(text), dtype=target))
+    for refused in (b"[null]", b"[true]", b'["1"]', b"[1e39]", b"[[1],[2,3]]", b"[[[1]]]", b"1"):
+        assert tensors._decode_small(refused, np.dtype(np.float32)) is None, refused
+
+
 @pytest.mark.parametrize("literal", [b"1" + b"0" * 38, b"-" + b"9" * 39 + b".5", b"4" * 40])
 def test_small_float32_output_with_39_digit_literals(literal: bytes) -> None:
     """A literal of 39 digits is at least 1e38 and float32 ends at 3.4e38: numpy would turn
-    the larger ones into inf silently, so the small path hands such text on and the general
-    path decodes the ones in range and refuses the rest."""
+    the larger ones into inf silently, so the small path's range check hands such text on and
+    the general path decodes the ones in range and refuses the rest."""
     raw = b"[1.5, " + literal + b"]"
     if abs(float(literal)) > float(np.finfo(np.float32).max):
         with pytest.raises(InvalidInput, match="range"):

@@ -31,7 +31,7 @@ import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Final, TypeAlias
+from typing import Annotated, Any, Final, TypeAlias
 
 import msgspec
 import numpy as np
@@ -465,7 +465,8 @@ def decode_output(
     error for the others. Integers are exact at any 64-bit value. Float32 values written in their
     shortest form, or as the float64 repr of a float32, decode to the identical float32.
 
-    Large numeric outputs take a fast path: the text is cut into pieces at element boundaries
+    Small FP32 and FP64 outputs (one or two dimensions) are parsed by typed msgspec decoders
+    that check every element as they go. Large numeric outputs take a fast path: the text is cut into pieces at element boundaries
     and each piece parsed by orjson and packed with `numpy.fromiter`, with a full regularity
     check; anything unusual falls back to the general path. ``raw`` is assumed to be valid JSON,
     as it is when sliced from a frame msgspec already parsed.
@@ -474,24 +475,13 @@ def decode_output(
         (ragged lists, null for an integer dtype, strings for a numeric dtype, values out of
         range) or that does not fit ``shape``.
     """
-    text = _as_bytes(raw).strip()
     target = _target_dtype(dtype)
-    if (
-        target is not None
-        and target in (_F32, _F64)
-        and shape is None
-        and len(text) <= _SMALL_TEXT
-        and _plain_decimals(text, float32=target.itemsize == 4)
-    ):
-        # Perf: a small list of plain decimals (no exponent: no overflow; no quotes or
-        # true/false: nothing numpy would convert silently) goes through numpy in one call.
-        try:
-            small = np.asarray(orjson.loads(text), dtype=target)
-        except (ValueError, TypeError, orjson.JSONDecodeError):
-            pass  # ragged, empty or malformed: the general path explains
-        else:
-            if small.ndim:
-                return small
+    text = _as_bytes(raw)
+    if shape is None and (target is _F32 or target is _F64):
+        small = _decode_small(text, target)
+        if small is not None:
+            return small
+    text = text.strip()
     if not text:
         raise InvalidInput("an output value is empty, not JSON", expected="JSON", given=raw)
     arr: npt.NDArray[Any] | None = None
@@ -516,24 +506,38 @@ def decode_output(
 _SMALL_TEXT: Final = 4096
 _F32: Final = np.dtype(np.float32)
 _F64: Final = np.dtype(np.float64)
-# Perf: with each digit mapped to "0", one text serves the charset check and the digit-run
-# search. A regex for the run (``\d{39}``) restarts at every digit: ~7 us for 16 float64 reprs.
-_DIGITS_AS_ZERO: Final = bytes.maketrans(b"123456789", b"000000000")
-_PLAIN_NUMBER_BYTES: Final = b"0[],.- \t\r\n"  # digits (as "0"), lists, decimal points
-_FLOAT32_OVERFLOW_RUN: Final = b"0" * 39
 
 
-def _plain_decimals(text: bytes, *, float32: bool) -> bool:
-    """Whether ``text`` holds only lists of plain decimals, none too large for float32.
+def _float_lists(finite_max: float) -> tuple[msgspec.json.Decoder[Any], msgspec.json.Decoder[Any]]:
+    number = Annotated[float, msgspec.Meta(ge=-finite_max, le=finite_max)]
+    return msgspec.json.Decoder(list[number]), msgspec.json.Decoder(list[list[number]])
 
-    No exponent means no overflow for float64; for float32 a literal needs 39 digits before the
-    point to overflow (3.4e38), and numpy would make it inf silently, so such text is refused
-    here and the general path raises. Nulls (NaN) take the general path too.
+
+# The small path's decoders, by target dtype: a flat list, and a list of rows.
+_SMALL_FLOATS: Final = {
+    _F32: _float_lists(float(np.finfo(np.float32).max)),
+    _F64: _float_lists(float(np.finfo(np.float64).max)),
+}
+
+
+def _decode_small(text: bytes, target: np.dtype[Any]) -> npt.NDArray[Any] | None:
+    """A small float output, a flat list or a list of rows, or None: the other paths decide.
+
+    Perf: typed msgspec decoders check every element as they parse (a number, not a string,
+    boolean or null, and within the dtype's finite range, so numpy can neither convert nor
+    overflow silently), with no scan of the text beforehand; numpy then packs the list in one
+    call. For an FP32[16] reply value this is ~30% fewer instructions than orjson behind a
+    charset scan (callgrind). Any refusal (nulls for NaN, ragged rows, deeper nesting, values
+    beyond the finite range, text that is not JSON) returns None.
     """
-    zeroed = text.translate(_DIGITS_AS_ZERO)
-    if zeroed.translate(None, _PLAIN_NUMBER_BYTES):
-        return False
-    return not float32 or _FLOAT32_OVERFLOW_RUN not in zeroed
+    if len(text) > _SMALL_TEXT:
+        return None
+    flat, rows = _SMALL_FLOATS[target]
+    try:
+        values = (rows if text.startswith(b"[[") else flat).decode(text)
+        return np.asarray(values, dtype=target)
+    except (msgspec.MsgspecError, ValueError):  # ValueError: ragged rows
+        return None
 
 
 def _as_bytes(raw: RawJSON) -> bytes:
