@@ -3,7 +3,7 @@
 The deadlines are served by the owner's timers (`new_timers()`: one loop timer handle on
 asyncio, one timer task on trio), or without them by each wait itself. The same behaviour is
 asserted on both, with the timers running, without them, and when they stop under a waiting
-task.
+task. Signals come from `oneshot(timers)` and, as sessions make them, from `timers.oneshot()`.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ async def test_many_waiters_each_get_their_own_answer() -> None:
         start = anyio.current_time()
         # Deadlines added latest-first, so each new one is earlier than the timer's current
         # deadline: the timer must move its deadline forward every time.
-        shots = {index: oneshot(timers) for index in range(20)}
+        shots = {index: timers.oneshot() for index in range(20)}
 
         async def wait(index: int) -> None:
             answers[index] = await shots[index].wait(0.05 + 0.02 * (19 - index))
@@ -110,7 +110,7 @@ async def test_outside_cancellation_is_never_swallowed() -> None:
 
 async def test_a_wait_outlives_its_timers_with_its_deadline_intact() -> None:
     timers = new_timers()
-    shot, timed = oneshot(timers), oneshot(timers)
+    shot, timed = timers.oneshot(), timers.oneshot()
     results: dict[str, bool] = {}
 
     async def wait(name: str, which: object, timeout: float) -> None:
@@ -133,7 +133,7 @@ async def test_a_wait_outlives_its_timers_with_its_deadline_intact() -> None:
 async def test_ended_waits_do_not_pile_up() -> None:
     async with running_timers() as timers:
         for _ in range(2000):
-            shot = oneshot(timers)
+            shot = timers.oneshot()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_set_after, shot, 0)
                 assert await shot.wait(30.0) is True

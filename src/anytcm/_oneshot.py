@@ -169,6 +169,9 @@ class _AsyncioTimers:
         self._handle = self._loop.call_at(deadline, self._fire)
         self._handle_at = deadline
 
+    def oneshot(self) -> OneShot:
+        return _AsyncioOneShot(self._loop, self)
+
     def _fire(self) -> None:
         self._handle, self._handle_at = None, math.inf
         for shot in self._heap.pop_due(self._loop.time()):
@@ -203,6 +206,10 @@ class Timers(Protocol):
     async def run(self) -> None:
         """Expire deadlines until cancelled; run it in the owner's task group."""
 
+    def oneshot(self) -> OneShot:
+        """A new signal whose deadline these timers serve: `oneshot(timers)` without looking
+        the backend up (on trio that lookup is a failed asyncio one, an exception per wait)."""
+
 
 def _trio_factory() -> tuple[Callable[[Timers | None], OneShot], Callable[[], Timers]]:
     """trio's one-shot: the waiting task parks itself, and is woken with True (set) or False.
@@ -229,6 +236,9 @@ def _trio_factory() -> tuple[Callable[[Timers | None], OneShot], Callable[[], Ti
             self._heap: _Deadlines[_TrioOneShot] = _Deadlines()
             self._scope: trio.CancelScope | None = None
             self.running = False
+
+        def oneshot(self) -> OneShot:
+            return _TrioOneShot(self)
 
         def add(self, deadline: float, shot: _TrioOneShot) -> None:
             self._heap.push(deadline, shot)

@@ -153,6 +153,8 @@ class AsyncClient:
         self._specs[(model, target)] = spec
 
     def model_spec(self, model: str, target: Target | None = None) -> ModelSpec | None:
+        if not self._specs:  # Perf: the usual case, and it spares hashing `target` per request
+            return None
         return self._specs.get((model, target)) or self._specs.get((model, None))
 
     @property

@@ -313,7 +313,7 @@ class Pool:
 
     def checkin(self, session: Session) -> None:
         """Return a session after an inference; hand it to the longest waiter if any."""
-        if session.closed.is_set() or session not in self.sessions:
+        if session.ended or session not in self.sessions:
             return
         if session.protocol.inference_abandoned:
             self._quarantine(session)
@@ -354,9 +354,7 @@ class Pool:
         """Any open session for which `ready` holds (round-robin), waiting until one is."""
         while True:
             self._check_usable()
-            candidates = [
-                s for s in self.sessions if not s.closed.is_set() and not s.draining and ready(s)
-            ]
+            candidates = [s for s in self.sessions if not s.ended and not s.draining and ready(s)]
             if candidates:
                 self._rotation += 1
                 return candidates[self._rotation % len(candidates)]

@@ -19,7 +19,7 @@ import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import wire
-from ._oneshot import Timers, new_timers, oneshot
+from ._oneshot import Timers, new_timers
 from .errors import AuthError, ConnectError, ConnectionLost, RequestTimeout, TcmError
 from .protocol import (
     AuthAccepted,
@@ -54,8 +54,8 @@ class _Waiter:
 
     __slots__ = ("error", "result", "signal")
 
-    def __init__(self, timers: Timers | None) -> None:
-        self.signal = oneshot(timers)
+    def __init__(self, timers: Timers) -> None:
+        self.signal = timers.oneshot()
         self.result: Any = None
         self.error: TcmError | None = None
 
@@ -89,6 +89,9 @@ class Session:
         self._management: dict[str, _Waiter] = {}
         self._ending: ConnectionLost | None = None  # what the server said before closing
         self.closed = anyio.Event()
+        # `closed.is_set()`, read without a call into anyio (on trio, two per check): the hot
+        # paths ask it a few times per request.
+        self.ended = False
         self._settled = anyio.Event()  # set when an abandoned inference's late answer arrived
         self.close_error: ConnectionLost | None = None
         self.stale_replies = 0
@@ -108,7 +111,7 @@ class Session:
     @property
     def inference_usable(self) -> bool:
         """Open, with no inference in flight or abandoned."""
-        return not self.closed.is_set() and self.protocol.inference_ready and self._stream is None
+        return not self.ended and self.protocol.inference_ready and self._stream is None
 
     @property
     def has_pending_requests(self) -> bool:
@@ -157,6 +160,7 @@ class Session:
         self.close_error = error
         for failed in self.protocol.connection_lost(error):
             self._dispatch(failed)
+        self.ended = True
         self.closed.set()
 
     def _dispatch(self, event: Event) -> None:
@@ -212,7 +216,7 @@ class Session:
     # -- sending ------------------------------------------------------------------
 
     async def _send(self, frame: bytes) -> None:
-        if self.closed.is_set():
+        if self.ended:
             assert self.close_error is not None
             raise NotSent(
                 f"not sent: {self.close_error}",

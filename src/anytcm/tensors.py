@@ -466,9 +466,10 @@ def decode_output(
     shortest form, or as the float64 repr of a float32, decode to the identical float32.
 
     Small FP32 and FP64 outputs (one or two dimensions) are parsed by typed msgspec decoders
-    that check every element as they go. Large numeric outputs take a fast path: the text is cut into pieces at element boundaries
-    and each piece parsed by orjson and packed with `numpy.fromiter`, with a full regularity
-    check; anything unusual falls back to the general path. ``raw`` is assumed to be valid JSON,
+    that check every element as they go. Large numeric outputs take a fast path: the text is
+    cut into pieces at element boundaries and each piece parsed by orjson and packed with
+    `numpy.fromiter`, with a full regularity check; anything unusual falls back to the general
+    path. ``raw`` is assumed to be valid JSON,
     as it is when sliced from a frame msgspec already parsed.
 
     :raises InvalidInput: for a value that is not a regular array of the requested dtype
