@@ -563,8 +563,10 @@ def evaluate_targets(
         limit: str,
         ok: bool | None,
         note: str = "",
+        *,
+        waived: bool = False,
     ) -> None:
-        result = "n/a" if ok is None else ("PASS" if ok else "FAIL")
+        result = "n/a" if ok is None else ("PASS" if ok else ("WAIVED" if waived else "FAIL"))
         targets.append(
             {
                 "target": target,
@@ -616,12 +618,16 @@ def evaluate_targets(
                     )
             rps = get(sc, "conc", client, "rps")
             util = get(sc, "conc", client, "server_util")
+            server_cpu = get(sc, "conc", client, "server_cpu_ms_per_req")
+            # The issue's rule: the throughput targets hold "unless the reference manager
+            # saturates first (then show its CPU figures)". A miss while it is saturated is
+            # reported as WAIVED with those figures, never as a PASS.
             saturated = util is not None and util >= SERVER_SATURATED
-            note = (
-                f"server util {util:.2f}" + (", manager saturated" if saturated else "")
-                if util is not None
-                else ""
-            )
+            note = ""
+            if util is not None:
+                note = f"server util {util:.2f}"
+                if saturated:
+                    note += f", manager saturated at {fmt(server_cpu)} ms CPU/req"
             crps = get(sc, "conc", "ceiling", "rps")
             if rps is not None and crps is not None:
                 add(
@@ -632,6 +638,7 @@ def evaluate_targets(
                     f"{0.9 * crps:.0f}",
                     rps >= 0.9 * crps,
                     note,
+                    waived=saturated,
                 )
             vlabel = vendor_label(sc, "seq")
             vrps = get(sc, "seq", vlabel, "rps")
@@ -644,6 +651,7 @@ def evaluate_targets(
                     f"{4 * vrps:.0f} ({vlabel})",
                     rps >= 4 * vrps,
                     note,
+                    waived=saturated,
                 )
     for row in decode:
         add(
