@@ -469,8 +469,8 @@ def decode_output(
     that check every element as they go. Large numeric outputs take a fast path: the text is
     cut into pieces at element boundaries and each piece parsed by orjson and packed with
     `numpy.fromiter`, with a full regularity check; anything unusual falls back to the general
-    path. ``raw`` is assumed to be valid JSON,
-    as it is when sliced from a frame msgspec already parsed.
+    path. ``raw`` is assumed to be valid JSON, as it is when sliced from a frame msgspec already
+    parsed.
 
     :raises InvalidInput: for a value that is not a regular array of the requested dtype
         (ragged lists, null for an integer dtype, strings for a numeric dtype, values out of
