@@ -424,7 +424,7 @@ class AsyncClient:
             (carrier != "auto" and carrier != "json")
             or type(inputs) is not dict
             or input_spec is not None
-            or (self._specs and self.model_spec(model, target) is not None)
+            or self.model_spec(model, target) is not None
             or type(load_carrier("json")) is not JsonCarrier
         ):
             return None

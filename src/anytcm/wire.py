@@ -234,6 +234,8 @@ _CUT_VALUE_BYTES: Final = 1 << 14
 # look-alikes in strings.
 _CUT_MAX_CANDIDATES: Final = 64
 _CUT_MAX_COLONS: Final = 1024
+# `]` hops before `_closing_run` falls back to a search for the whole run.
+_CLOSING_HOPS: Final = 1024
 _PLACEHOLDER_PREFIX: Final = b"\\u0000anytcm:"
 _PLACEHOLDER_MAX: Final = len(_PLACEHOLDER_PREFIX) + 2 + len(str(_CUT_MAX_CANDIDATES))
 
@@ -312,9 +314,6 @@ def _closing_run(data: bytes, pos: int, depth: int) -> int:
             return hit
         pos = hit + 1
     return data.find(run, pos)
-
-
-_CLOSING_HOPS: Final = 1024
 
 
 class ServerFrameDecoder:
