@@ -3,7 +3,7 @@
 The deadlines are served by the owner's timers (`new_timers()`: one loop timer handle on
 asyncio, one timer task on trio), or without them by each wait itself. The same behaviour is
 asserted on both, with the timers running, without them, and when they stop under a waiting
-task. Signals come from `oneshot(timers)` and, as sessions make them, from `timers.oneshot()`.
+task. Signals with timers come from `timers.oneshot()`, those without from `oneshot()`.
 """
 
 from __future__ import annotations
@@ -34,14 +34,14 @@ async def running_timers() -> AsyncIterator[Timers]:
 @pytest.mark.parametrize("with_timers", [True, False], ids=["timers", "no-timers"])
 async def test_set_before_and_during_the_wait(with_timers: bool) -> None:
     async with running_timers() as timers:
-        use = timers if with_timers else None
-        early = oneshot(use)
+        make = timers.oneshot if with_timers else oneshot
+        early = make()
         early.set()
         early.set()  # later calls do nothing
         assert early.is_set()
         assert await early.wait(5.0) is True
 
-        late = oneshot(use)
+        late = make()
         async with anyio.create_task_group() as tg:
             tg.start_soon(_set_after, late, 0.05)
             with anyio.fail_after(5):
@@ -57,14 +57,14 @@ async def _set_after(shot: object, delay: float) -> None:
 @pytest.mark.parametrize("with_timers", [True, False], ids=["timers", "no-timers"])
 async def test_timeout_returns_false_at_the_deadline(with_timers: bool) -> None:
     async with running_timers() as timers:
-        shot = oneshot(timers if with_timers else None)
+        shot = timers.oneshot() if with_timers else oneshot()
         started = anyio.current_time()
         with anyio.fail_after(5):  # a deadline nobody serves would hang here
             assert await shot.wait(0.1) is False
         elapsed = anyio.current_time() - started
         assert 0.09 <= elapsed < 2.0
-        assert await oneshot(timers).wait(0) is False
-        assert await oneshot(timers).wait(-1.0) is False
+        assert await timers.oneshot().wait(0) is False
+        assert await timers.oneshot().wait(-1.0) is False
 
 
 async def test_many_waiters_each_get_their_own_answer() -> None:
@@ -95,15 +95,15 @@ async def test_many_waiters_each_get_their_own_answer() -> None:
 
 async def test_outside_cancellation_is_never_swallowed() -> None:
     async with running_timers() as timers:
-        shot = oneshot(timers)
+        shot = timers.oneshot()
         with anyio.move_on_after(0.05) as scope:
             await shot.wait(10.0)
         assert scope.cancelled_caught
         shot.set()  # nobody waits any more: harmless
         assert shot.is_set()
         # The timers keep serving other waits.
-        assert await oneshot(timers).wait(0.05) is False
-        other = oneshot(timers)
+        assert await timers.oneshot().wait(0.05) is False
+        other = timers.oneshot()
         other.set()
         assert await other.wait(1.0) is True
 

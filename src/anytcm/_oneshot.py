@@ -91,11 +91,11 @@ class _Deadlines(Generic[_S]):
 class _AsyncioOneShot:
     __slots__ = ("_deadline", "_future", "_loop", "_timed_out", "_timer", "_timers")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timers: Timers | None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, timers: _AsyncioTimers | None) -> None:
         self._loop = loop
         self._future: asyncio.Future[None] = loop.create_future()
         self._timed_out = False
-        self._timers = timers if isinstance(timers, _AsyncioTimers) else None
+        self._timers = timers
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
 
@@ -192,12 +192,12 @@ class _AsyncioTimers:
                 shot._orphan()
 
 
-def _new_asyncio(timers: Timers | None) -> OneShot | None:
+def _new_asyncio() -> OneShot | None:
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         return None
-    return _AsyncioOneShot(loop, timers)
+    return _AsyncioOneShot(loop, None)
 
 
 class Timers(Protocol):
@@ -207,11 +207,12 @@ class Timers(Protocol):
         """Expire deadlines until cancelled; run it in the owner's task group."""
 
     def oneshot(self) -> OneShot:
-        """A new signal whose deadline these timers serve: `oneshot(timers)` without looking
-        the backend up (on trio that lookup is a failed asyncio one, an exception per wait)."""
+        """A new signal whose deadline these timers serve (while `run()` runs; once it has
+        stopped, the wait serves its own). Made by the timers, so no backend lookup per wait
+        (on trio that lookup is a failed asyncio one, an exception each time)."""
 
 
-def _trio_factory() -> tuple[Callable[[Timers | None], OneShot], Callable[[], Timers]]:
+def _trio_factory() -> tuple[Callable[[], OneShot], Callable[[], Timers]]:
     """trio's one-shot: the waiting task parks itself, and is woken with True (set) or False.
 
     Perf: `trio.Event` plus `trio.move_on_after` costs ~15 µs per wait (a cancel scope
@@ -266,10 +267,10 @@ def _trio_factory() -> tuple[Callable[[Timers | None], OneShot], Callable[[], Ti
     class _TrioOneShot:
         __slots__ = ("_set", "_task", "_timers")
 
-        def __init__(self, timers: Timers | None) -> None:
+        def __init__(self, timers: _TrioTimers | None = None) -> None:
             self._set = False
             self._task: trio.lowlevel.Task | None = None  # the waiting task, while it waits
-            self._timers = timers if isinstance(timers, _TrioTimers) else None
+            self._timers = timers
 
         def set(self) -> None:
             if not self._set:
@@ -314,26 +315,26 @@ def _trio_factory() -> tuple[Callable[[Timers | None], OneShot], Callable[[], Ti
     return _TrioOneShot, _TrioTimers
 
 
-_trio_kinds: tuple[Callable[[Timers | None], OneShot], Callable[[], Timers]] | None = None
+_trio_kinds: tuple[Callable[[], OneShot], Callable[[], Timers]] | None = None
 
 
-def _trio() -> tuple[Callable[[Timers | None], OneShot], Callable[[], Timers]]:
+def _trio() -> tuple[Callable[[], OneShot], Callable[[], Timers]]:
     global _trio_kinds
     if _trio_kinds is None:
         _trio_kinds = _trio_factory()
     return _trio_kinds
 
 
-def oneshot(timers: Timers | None = None) -> OneShot:
+def oneshot() -> OneShot:
     """A new signal for the running backend (asyncio or trio); call it inside the event loop.
 
-    `timers` (from `new_timers()`, its `run()` running) serve the deadline; without them, or
-    once they stopped, a wait serves its own.
+    Each wait serves its own deadline; for a deadline served by an owner's timers, use
+    `new_timers().oneshot()`.
     """
-    made = _new_asyncio(timers)
+    made = _new_asyncio()
     if made is not None:
         return made
-    return _trio()[0](timers)
+    return _trio()[0]()
 
 
 def new_timers() -> Timers:
