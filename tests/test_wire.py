@@ -802,6 +802,38 @@ def test_raw_input_is_embedded_verbatim() -> None:
     ]
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    vm_ip=st.text(max_size=12),
+    container_id=st.text(max_size=12),
+    # Look-alikes of the field the cut is made at, inside the strings.
+    model=st.text(max_size=12) | st.sampled_from(['"inputs":[]', '\\"inputs\\":[]', "],"]),
+    allow_transient=st.booleans(),
+    inputs=st.lists(
+        st.dictionaries(names, st.integers() | st.text(max_size=5), max_size=3), max_size=3
+    ),
+)
+def test_inline_payload_is_what_the_structs_encode_to(
+    vm_ip: str,
+    container_id: str,
+    model: str,
+    allow_transient: bool,
+    inputs: list[dict[str, Any]],
+) -> None:
+    encoded = [json.dumps(item).encode() for item in inputs]
+    spliced = wire.encode_inline_payload(vm_ip, container_id, model, allow_transient, encoded)
+    payload = wire.InferencePayload(
+        vm_ip=vm_ip,
+        container_id=container_id,
+        model_name=model,
+        request=wire.InferenceOptions(
+            inputs=[msgspec.Raw(item) for item in encoded], allow_transient=allow_transient
+        ),
+    )
+    assert bytes(spliced) == bytes(wire.encode_payload(payload))  # byte for byte
+    assert json.loads(bytes(spliced))["request"]["inputs"] == inputs
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     uuid=names,

@@ -562,11 +562,8 @@ async def test_a_send_cut_off_by_the_end_has_an_unknown_outcome() -> None:
 
 
 class Delivered:
-    """Messages of one transport, pushed by `deliver_to` where it can, else read by a task.
-
-    The fallback keeps the same assertions valid on trio and over TLS, where `deliver_to`
-    declines; `pushed` says which way the messages came.
-    """
+    """Messages of one transport, pushed by `deliver_to`: by the read callback (plain ws:// on
+    asyncio) or from inside `receive()` (trio, TLS), which then must never return one."""
 
     def __init__(self) -> None:
         self.messages: deque[bytes] = deque()
@@ -584,10 +581,11 @@ class Delivered:
         self.pushed = transport.deliver_to(self.take)
         task_status.started()
         try:
-            while True:
-                self.take(await transport.receive())
+            data = await transport.receive()
         except ConnectionLost as exc:
             self.lost = exc
+        else:
+            raise AssertionError(f"receive() returned {data!r} after deliver_to took over")
 
     async def next(self) -> bytes:
         with anyio.fail_after(10):
@@ -597,14 +595,7 @@ class Delivered:
         return self.messages.popleft()
 
 
-def pushes_on(anyio_backend: tuple[str, dict[str, object]]) -> bool:
-    """Whether `deliver_to` takes over on this backend (plain ws:// only)."""
-    return anyio_backend[0] == "asyncio"
-
-
-async def test_deliver_to_keeps_order_across_the_switch(
-    anyio_backend: tuple[str, dict[str, object]],
-) -> None:
+async def test_deliver_to_keeps_order_across_the_switch() -> None:
     async def handler(request: Request, protocol: ServerProtocol, stream: Any) -> None:
         # Two writes: the client parses the first whole (0, 1, 2) and returns 0; the second
         # (3, 4) is still unread bytes when it switches. Both kinds must come out in order.
@@ -631,7 +622,7 @@ async def test_deliver_to_keeps_order_across_the_switch(
             await anyio.sleep(0.2)  # the second write arrives, unread
         async with anyio.create_task_group() as tg:
             await tg.start(delivered.run, transport)
-            assert delivered.pushed is pushes_on(anyio_backend)
+            assert delivered.pushed
             assert [await delivered.next() for _ in range(4)] == [b"1", b"2", b"3", b"4"]
             for index in range(3):
                 await transport.send_text(f"m{index}".encode())
@@ -645,9 +636,7 @@ async def test_deliver_to_keeps_order_across_the_switch(
     assert delivered.lost.close_code == 1000
 
 
-async def test_deliver_to_reassembles_fragments_and_answers_pings(
-    anyio_backend: tuple[str, dict[str, object]],
-) -> None:
+async def test_deliver_to_reassembles_fragments_and_answers_pings() -> None:
     pongs: list[bytes] = []
 
     async def handler(request: Request, protocol: ServerProtocol, stream: Any) -> None:
@@ -675,18 +664,16 @@ async def test_deliver_to_reassembles_fragments_and_answers_pings(
         anyio.create_task_group() as tg,
     ):
         await tg.start(delivered.run, transport)
-        assert delivered.pushed is pushes_on(anyio_backend)
+        assert delivered.pushed
         assert await delivered.next() == b'{"part": "two"}'
         with anyio.fail_after(10):
-            while not pongs:  # the pong was written from the read callback
+            while not pongs:  # the pong was written by whoever parsed the ping
                 await anyio.sleep(0.01)
         await transport.aclose()
     assert pongs == [b"p1"]
 
 
-async def test_deliver_to_with_keepalive_and_replies(
-    manager: ReferenceManager, anyio_backend: tuple[str, dict[str, object]]
-) -> None:
+async def test_deliver_to_with_keepalive_and_replies(manager: ReferenceManager) -> None:
     uuid = new_uuid()
     delivered = Delivered()
     async with FACTORY.connect(
@@ -695,9 +682,9 @@ async def test_deliver_to_with_keepalive_and_replies(
         await authenticate(transport, uuid)
         async with anyio.create_task_group() as tg:
             await tg.start(delivered.run, transport)
-            assert delivered.pushed is pushes_on(anyio_backend)
-            # Idle for many ping intervals: pongs arrive by callback and must reach the
-            # keepalive, or it fails the connection after ~0.35 s.
+            assert delivered.pushed
+            # Idle for many ping intervals: pongs arrive while the handler is on and must reach
+            # the keepalive, or it fails the connection after ~0.35 s.
             await anyio.sleep(1.0)
             assert delivered.lost is None
             for job_id in range(20):
@@ -758,21 +745,27 @@ async def test_deliver_to_notices_a_killed_server(faulty: ReferenceManager) -> N
     assert delivered.lost.close_code == 1006
 
 
-async def test_deliver_to_declines_twice_and_over_tls(
+async def test_deliver_to_takes_one_handler_also_over_tls(
     manager: ReferenceManager,
     tls_manager: ReferenceManager,
     tls_files: tuple[Path, Path, Path],
-    anyio_backend: tuple[str, dict[str, object]],
 ) -> None:
     async with FACTORY.connect(manager.ws_url, options()) as transport:
         assert isinstance(transport, MessageSink)
-        assert transport.deliver_to(lambda data: None) is pushes_on(anyio_backend)
+        assert transport.deliver_to(lambda data: None) is True
         assert transport.deliver_to(lambda data: None) is False  # one handler, once
     context = ssl.create_default_context(cafile=str(tls_files[0]))
-    async with FACTORY.connect(tls_manager.ws_url, options(ssl_context=context)) as transport:
-        assert isinstance(transport, MessageSink)
-        assert transport.deliver_to(lambda data: None) is False
-        await authenticate(transport, new_uuid())  # receive() still works
+    delivered = Delivered()
+    async with (
+        FACTORY.connect(tls_manager.ws_url, options(ssl_context=context)) as transport,
+        anyio.create_task_group() as tg,
+    ):
+        await tg.start(delivered.run, transport)  # TLS: handed over from inside receive()
+        assert delivered.pushed
+        await transport.send_text(frame(new_uuid(), "auth", {}))
+        assert json.loads(await delivered.next()) == {"type": "auth.ok"}
+        await transport.aclose()
+    assert delivered.lost is not None
 
 
 # -- the send guard -----------------------------------------------------------------------------

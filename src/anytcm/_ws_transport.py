@@ -14,13 +14,15 @@ Why this combination:
   on the way: pings are answered, pongs wake the keepalive, a close frame ends the connection.
   The consequence (stated in `Transport`) is that pongs are only noticed while someone is in
   `receive()`.
-* **Messages by callback on asyncio** (`deliver_to`, see `anytcm.transport.MessageSink`): on
-  the native asyncio stream, frames are parsed in the event loop's read callback and each text
-  message is handed to the session there, so the requester wakes in the same loop pass as the
-  read. `receive()` then only waits for the end. Measured on the small sequential request of
+* **Messages by callback** (`deliver_to`, see `anytcm.transport.MessageSink`): on the native
+  asyncio stream, frames are parsed in the event loop's read callback and each text message is
+  handed to the session there, so the requester wakes in the same loop pass as the read.
+  `receive()` then only waits for the end. Measured on the small sequential request of
   `benchmarks/profile_client.py`: one `epoll_wait`, one task step and one future per reply
   fewer. Replies the protocol queues there (pongs, the close echo) are written at once: the
   asyncio stream writes each frame whole, so they cannot split a frame another task is sending.
+  On the other streams (trio, TLS) the reading task hands each message over from inside
+  `receive()`, which it then leaves only when the connection ends.
 
 Concurrency: `send_text` may be called from several tasks; the protocol mutation and the stream
 write happen together under one send guard (`_SendGuard`, a lock), and replies the protocol
@@ -115,7 +117,8 @@ def _cancellation_check() -> Callable[[], Awaitable[None]]:
 
 
 class _SendGuard:
-    """Mutual exclusion of writers, first come first served; `async with guard:`.
+    """Mutual exclusion of writers, first come first served: `async with guard:`, or on the
+    per-request path `take()` (and `wait_turn()` if it fails), then `release()`.
 
     Perf: `anyio.Lock` checks for cancellation and tracks its owning task on every acquire
     (two task lookups per send, ~3% of a small request's client CPU on both backends). Writers
@@ -131,25 +134,38 @@ class _SendGuard:
         self._busy = False
         self._waiters: deque[anyio.Event] = deque()
 
+    def take(self) -> bool:
+        """Take the guard if it is free, without awaiting; False when a writer holds it.
+
+        Perf: the per-request send path calls this, and awaits `wait_turn` only when it
+        returns False, so an uncontended send creates no coroutine for the guard.
+        """
+        if self._busy:
+            return False
+        self._busy = True
+        return True
+
     async def __aenter__(self) -> None:
-        if not self._busy:
-            self._busy = True
-            return
+        if not self.take():
+            await self.wait_turn()
+
+    async def wait_turn(self) -> None:
+        """Wait until the releasing writer hands the guard over (after `take` failed)."""
         turn = anyio.Event()
         self._waiters.append(turn)
         try:
             await turn.wait()
         except BaseException:
             if turn.is_set():
-                self._release()  # handed over just as we were cancelled: pass it on
+                self.release()  # handed over just as we were cancelled: pass it on
             else:
                 self._waiters.remove(turn)
             raise
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self._release()
+        self.release()
 
-    def _release(self) -> None:
+    def release(self) -> None:
         if self._waiters:
             self._waiters.popleft().set()  # still busy: the next writer owns it now
         else:
@@ -227,15 +243,23 @@ class WebsocketsTransport:
 
     async def send_text(self, data: bytes) -> None:
         """Send one text message; `data` is UTF-8. Raises ConnectionLost if closed."""
-        async with self._send_lock:
+        guard = self._send_lock
+        if not guard.take():
+            await guard.wait_turn()
+        try:
             protocol = self._protocol
             if self._end is not None or protocol.state is not _OPEN:
                 self._raise_lost()
             protocol.send_text(data)
             await self._write(protocol.data_to_send())
+        finally:
+            guard.release()
 
     async def receive(self) -> bytes:
-        """The next text message as UTF-8 bytes. Raises ConnectionLost when the connection ends."""
+        """The next text message as UTF-8 bytes. Raises ConnectionLost when the connection ends.
+
+        Once `deliver_to` is on, messages go to the handler and this only returns by raising.
+        """
         messages = self._messages
         while not messages:
             if self._end is not None:
@@ -250,18 +274,21 @@ class WebsocketsTransport:
     def deliver_to(self, handler: Callable[[bytes], None]) -> bool:
         """Hand every text message to `handler` as it is parsed (see `MessageSink`).
 
-        Only on the native asyncio stream (plain ws:// on asyncio), where parsing can run in
-        the read callback; returns False elsewhere, and `receive()` keeps returning messages.
-        Messages already received are handed over first, in order.
+        On the native asyncio stream (plain ws:// on asyncio) parsing runs in the read
+        callback. Elsewhere (trio, TLS) the task in `receive()` hands each message over as it
+        parses it and stays in `receive()` until the connection ends: per message, no return
+        to that task's loop and no queue hop. Messages already received are handed over
+        first, in order. False if a handler is already set.
         """
-        stream = self._stream
-        if self._handler is not None or not isinstance(stream, _asyncio_stream.AsyncioSocketStream):
+        if self._handler is not None:
             return False
         self._handler = handler
         messages = self._messages
         while messages:
             handler(messages.popleft())
-        stream.on_data(self._on_data)
+        stream = self._stream
+        if isinstance(stream, _asyncio_stream.AsyncioSocketStream):
+            stream.on_data(self._on_data)
         return True
 
     async def aclose(self, code: int = 1000, reason: str = "") -> None:

@@ -270,14 +270,26 @@ class Pool:
 
     # -- inference checkout ------------------------------------------------------------------
 
+    def take_idle(self) -> Session | None:
+        """An idle session free for one inference, or None if there is none right now.
+
+        Perf: the per-request path tries this before awaiting `checkout`, so a request that
+        finds a free connection creates no coroutine for it.
+        """
+        self._check_usable()
+        idle = self._idle
+        while idle:
+            session = idle.popleft()
+            if session.inference_usable:
+                return session
+        return None
+
     async def checkout(self, deadline: float) -> Session:
         """A session free for one inference, waiting (bounded) for one to become free."""
         while True:
-            self._check_usable()
-            while self._idle:
-                session = self._idle.popleft()
-                if session.inference_usable:
-                    return session
+            session = self.take_idle()
+            if session is not None:
+                return session
             if len(self._waiters) >= self.settings.max_waiting:
                 raise Backpressure(
                     f"all {self.settings.size} connections are busy and {len(self._waiters)} "

@@ -138,8 +138,9 @@ class Session:
     async def read_forever(self) -> None:
         """The reader task: runs until the connection ends, then fails whatever is pending.
 
-        When the transport can deliver messages by callback (`MessageSink`), it does so and
-        this task only waits for the end: each reply then wakes its requester directly.
+        When the transport can deliver messages to a handler (`MessageSink`), it does so and
+        this task only waits in `receive()` for the end (on asyncio each reply then wakes its
+        requester from the read callback; elsewhere from inside that `receive()`).
         """
         transport = self._transport
         try:

@@ -169,11 +169,13 @@ class MessageSink(Protocol):
     """An optional transport capability: text messages delivered by callback, not `receive()`.
 
     A transport whose network layer runs callbacks (asyncio's protocols) can parse frames and
-    hand each message over right there, sparing a task wake-up per message. `deliver_to`
-    returns False when it cannot (e.g. on trio, or over TLS); the caller then keeps calling
-    `receive()`. When it returns True, messages already received are handed over first, and
-    `receive()` returns no more messages: it waits until the connection ends and raises
-    `ConnectionLost` as usual. The handler runs outside any task: it must not block or await.
+    hand each message over right there, sparing a task wake-up per message; one that reads in
+    a task can hand them over from inside `receive()`, sparing a return per message.
+    `deliver_to` returns False when it cannot; the caller then keeps calling `receive()`. When
+    it returns True, messages already received are handed over first, and `receive()` returns
+    no more messages: it waits until the connection ends and raises `ConnectionLost` as usual.
+    The handler may run outside any task or in the task inside `receive()`: either way it must
+    not block or await.
     """
 
     def deliver_to(self, handler: Callable[[bytes], None]) -> bool:
