@@ -306,10 +306,14 @@ class AsyncClient:
             reason="; ".join(reasons),
         )
 
+    def _frame_bytes(self, payload: msgspec.Raw) -> int:
+        """The size of the inference frame around an encoded payload, at the longest uuid."""
+        return len(payload) + wire.INFERENCE_ENVELOPE_BYTES + self._pool.uuid_bytes_bound
+
     def _encode_checked(self, payload: wire.InferencePayload, model: str) -> msgspec.Raw:
         """Encode the payload once and refuse it, unsent, if its frame would exceed the cap."""
         raw = wire.encode_payload(payload)
-        size = len(raw) + wire.INFERENCE_ENVELOPE_BYTES + self._pool.uuid_bytes_bound
+        size = self._frame_bytes(raw)
         if size > self._max_frame_bytes:
             raise PayloadTooLarge(
                 f"the inference request for {model!r} is {size} bytes of JSON, over the "
@@ -376,19 +380,21 @@ class AsyncClient:
         carrier: str | Sequence[str],
     ) -> InferResult:
         seconds, deadline = self._deadline(timeout)
-
-        def build(items: Sequence[wire.InputItem]) -> msgspec.Raw:
-            payload = wire.InferencePayload(
-                vm_ip=target.vm_ip,
-                container_id=target.container_id,
-                model_name=model,
-                request=wire.InferenceOptions(inputs=list(items), allow_transient=allow_transient),
-            )
-            return self._encode_checked(payload, model)
-
         staged: StagedInputs | None = None
         raw = self._inline_fast(model, inputs, target, input_spec, carrier, allow_transient)
         if raw is None:
+            # The general path; the inline one above builds its payload without Structs.
+            def build(items: Sequence[wire.InputItem]) -> msgspec.Raw:
+                payload = wire.InferencePayload(
+                    vm_ip=target.vm_ip,
+                    container_id=target.container_id,
+                    model_name=model,
+                    request=wire.InferenceOptions(
+                        inputs=list(items), allow_transient=allow_transient
+                    ),
+                )
+                return self._encode_checked(payload, model)
+
             tensors, shm = self._collect(model, inputs, target, input_spec)
             if shm:
                 staged, raw = Staged(shm), build(shm)  # staged by the caller, who owns it
@@ -463,9 +469,7 @@ class AsyncClient:
         raw = wire.encode_inline_payload(
             target.vm_ip, target.container_id, model, allow_transient, items
         )
-        if len(raw) + wire.INFERENCE_ENVELOPE_BYTES + self._pool.uuid_bytes_bound > (
-            self._max_frame_bytes
-        ):
+        if self._frame_bytes(raw) > self._max_frame_bytes:
             return None  # the general path tries shared memory, or explains
         return raw
 
