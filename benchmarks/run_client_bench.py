@@ -297,7 +297,7 @@ def decode_bench(url: str) -> list[dict[str, Any]]:
             assert isinstance(reply, wire.InferenceReply)
             data = reply.payload.data
             assert isinstance(data, dict)
-            return decode_output(bytes(data["OUTPUT0"]), "FP32")
+            return decode_output(data["OUTPUT0"], "FP32")  # as InferResult.as_numpy does
 
         if not np.array_equal(baseline(), anytcm_path()):
             raise AssertionError(f"decode mismatch for {label}")

@@ -713,7 +713,7 @@ _SMALL_ELEMENTS = st.one_of(
 def test_small_float_path_agrees_with_the_general_path(
     rows: list[list[bytes]], nested: bool, comma: bytes, dtype: str
 ) -> None:
-    """The small path (typed msgspec decoders, then numpy) decides nothing the general path
+    """The small path (a typed msgspec decoder, then struct) decides nothing the general path
     would decide differently: each text decodes to the same array, or both refuse it."""
     if nested:
         text = b"[" + comma.join(b"[" + comma.join(row) + b"]" for row in rows) + b"]"
@@ -729,13 +729,46 @@ def test_small_float_path_agrees_with_the_general_path(
 
 def test_small_float_path_takes_the_common_forms() -> None:
     """The forms a reply carries go through the small path itself, not a fallback."""
-    for text in (b"[0.5, -2, 1e-3]", b"[[1.5, 2.5]]", b"[[1.5],[2.5]]", b"[]", b" [1.0] "):
+    forms = (b"[0.5, -2, 1e-3]", b"[[1.5, 2.5]]", b"[[1.5],[2.5]]", b"[]", b"[[]]", b" [1.0] ")
+    for text in forms:
         for target in (np.dtype(np.float32), np.dtype(np.float64)):
             small = tensors._decode_small(text, target)
             assert small is not None, text
             assert same(small, np.asarray(orjson.loads(text), dtype=target))
-    for refused in (b"[null]", b"[true]", b'["1"]', b"[1e39]", b"[[1],[2,3]]", b"[[[1]]]", b"1"):
-        assert tensors._decode_small(refused, np.dtype(np.float32)) is None, refused
+            assert small.flags.writeable, text
+            assert small.flags.c_contiguous, text
+    refused = (
+        b"[null]", b"[true]", b'["1"]', b"[1e39]", b"[[1],[2,3]]", b"[[1,2],[3,4,5],[6]]",
+        b"[[[1]]]", b"1", b"[1e400]",
+    )  # fmt: skip
+    for text in refused:
+        assert tensors._decode_small(text, np.dtype(np.float32)) is None, text
+
+
+def test_small_float32_path_rounds_at_the_range_edge_as_numpy_does() -> None:
+    """Just above float32's largest value, a float that rounds down to it is that value, and
+    one that rounds up (the halfway point, ties to even) is out of range, not infinity."""
+    assert decode_output(b"[3.4028235e38]", "FP32")[0] == np.finfo(np.float32).max
+    with pytest.raises(InvalidInput, match="range"):
+        decode_output(b"[340282356779733661637539395458142568448]", "FP32")
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    ["FP32", "TYPE_FP32", "fp32", "float32", "<f4", ">f4", np.float32, np.dtype(np.float32)],
+)
+def test_every_float32_spelling_decodes_alike(dtype: Any) -> None:
+    arr = decode_output(b"[0.5, 1.5]", dtype)
+    assert arr.dtype == np.float32
+    assert arr.dtype.isnative
+    assert arr.tolist() == [0.5, 1.5]
+
+
+@pytest.mark.parametrize("dtype", [[np.float32], "complex64", np.complex64, "BF16"])
+def test_an_unusable_output_dtype_is_refused_with_the_supported_list(dtype: Any) -> None:
+    with pytest.raises(InvalidInput) as info:
+        decode_output(b"[0.5]", dtype)
+    assert "FP32" in str(info.value)
 
 
 @pytest.mark.parametrize("literal", [b"1" + b"0" * 38, b"-" + b"9" * 39 + b".5", b"4" * 40])

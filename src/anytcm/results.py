@@ -140,7 +140,7 @@ class InferResult:
         dtype = self._dtypes.get(name)
         if dtype is None and self._spec is not None:
             dtype = self._spec.output_dtype(name)
-        array = decode_output(bytes(raw), dtype)
+        array = decode_output(raw, dtype)
         self._decoded[name] = array
         return array
 

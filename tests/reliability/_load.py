@@ -94,12 +94,22 @@ async def steady_load(
 
     Each request has distinct inputs, so a reply delivered to the wrong caller is detected.
     A call that neither returns nor raises within its deadline (plus slack) counts as lost.
+    The load lasts until `requests` are sent *and* `during()` has returned: on a fast machine
+    the requests can all be done before a fault is over, and a check of recovery needs load
+    after the fault heals.
     """
     next_index = 0
+    fault_over = anyio.Event()
+
+    async def run_during() -> None:
+        try:
+            await during()
+        finally:
+            fault_over.set()
 
     async def worker() -> None:
         nonlocal next_index
-        while next_index < requests:
+        while next_index < requests or not fault_over.is_set():
             index = next_index
             next_index += 1
             x = np.array([index, index + 0.5, -index], dtype=np.float32)
@@ -121,7 +131,7 @@ async def steady_load(
                 tally.lost += 1
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(during)
+        tg.start_soon(run_during)
         for _ in range(concurrency):
             tg.start_soon(worker)
     tally.retries = client.stats["retries"]
