@@ -197,10 +197,12 @@ def _tracer() -> Any:
 
 
 def _end_span(span: Any, outcome: str, error: BaseException | None) -> None:
-    from opentelemetry.trace import Status, StatusCode
-
     span.set_attribute("anytcm.outcome", outcome)
     if error is not None and outcome != "Cancelled":
+        # Imported here, on failures only: an import statement costs ~1.5 us on every call
+        # even when the module is loaded, and most spans end without an error.
+        from opentelemetry.trace import Status, StatusCode
+
         span.record_exception(error)
         span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
     span.end()
