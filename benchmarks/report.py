@@ -114,7 +114,8 @@ def run_benchmarks(args: argparse.Namespace, names: list[str], data: Path) -> li
 
 
 def git_revision() -> str:
-    """The checkout's commit, with `+changes` when the work tree differs from it."""
+    """The checkout's commit, with `+changes` when the work tree differs from it (the report's
+    own files in `results/` aside: a previous run rewrote them)."""
 
     def git(*args: str) -> str:
         command = ["git", "-C", str(HERE), *args]
@@ -122,7 +123,7 @@ def git_revision() -> str:
 
     try:
         head = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+changes" if dirty else "")
