@@ -444,6 +444,24 @@ async def test_fragmented_message_is_reassembled() -> None:
             assert await transport.receive() == b"{}"
 
 
+async def test_messages_of_every_read_size_arrive_intact_back_to_back() -> None:
+    """Reads grow 4x (64 KiB to 1 MiB) while they fill their buffer and start over when one
+    does not: messages around each step, written at once, all arrive whole and in order."""
+    sizes = [10, 65_536, 65_537, 262_145, 1 << 20, 3 * (1 << 20) + 7, 10, 300_000, 10]
+    messages = [b'"' + bytes([0x61 + i]) * (n - 2) + b'"' for i, n in enumerate(sizes)]
+
+    async def handler(request: Request, protocol: ServerProtocol, stream: Any) -> None:
+        for message in messages:
+            protocol.send_text(message)
+        await stream.send(b"".join(protocol.data_to_send()))
+        await serve_until_closed(protocol, stream)
+
+    async with raw_server(handler) as url, FACTORY.connect(url, options()) as transport:
+        with anyio.fail_after(30):
+            for message in messages:
+                assert await transport.receive() == message
+
+
 async def test_binary_frame_is_a_protocol_violation() -> None:
     async def handler(request: Request, protocol: ServerProtocol, stream: Any) -> None:
         protocol.send_text(b"{}")

@@ -82,8 +82,11 @@ if TYPE_CHECKING:
 __all__ = ("WebsocketsTransport", "WebsocketsTransportFactory")
 
 # Perf: one large read per wake-up; a typical reply arrives in one read and parses in one
-# `receive_data` call, while a multi-MB reply needs few reads.
+# `receive_data` call. A read that fills its buffer means more is waiting (a multi-MB reply):
+# the next read asks for 4x as much, up to _READ_MAX, so such a reply takes a few reads and
+# scheduler passes rather than one per 64 KiB; a read that does not fill it starts over.
 _READ_SIZE = 65536
+_READ_MAX = 1 << 20
 
 # Module-level aliases: identity comparisons against locals are the cheapest dispatch.
 _TEXT = Opcode.TEXT
@@ -194,6 +197,7 @@ class WebsocketsTransport:
         "_pings",
         "_pong_waiter",
         "_protocol",
+        "_read_size",
         "_reading",
         "_send_lock",
         "_stream",
@@ -220,6 +224,7 @@ class WebsocketsTransport:
             None  # a fragmented message in progress
         )
         self._reading = False  # a task is inside stream.receive()
+        self._read_size = _READ_SIZE  # the next read's size (see _READ_MAX)
         self._closing = False  # aclose() was called
         self._closed = False  # the stream is closed
         self._done = anyio.Event()  # set once the stream is closed
@@ -355,8 +360,9 @@ class WebsocketsTransport:
         """Read once from the stream and process what arrived."""
         protocol = self._protocol
         self._reading = True
+        size = self._read_size
         try:
-            data = await self._stream.receive(_READ_SIZE)
+            data = await self._stream.receive(size)
         except anyio.EndOfStream:
             protocol.receive_eof()
             protocol.data_to_send()  # at most an EOF marker: the stream is closed below
@@ -369,6 +375,10 @@ class WebsocketsTransport:
             return
         finally:
             self._reading = False
+        if len(data) < size:
+            self._read_size = _READ_SIZE
+        elif size < _READ_MAX:
+            self._read_size = size << 2
 
         out = self._absorb(data)
         if out:  # pongs, the close echo, a close frame from a failure
