@@ -745,7 +745,7 @@ def test_small_float_path_takes_the_common_forms() -> None:
         assert tensors._decode_small(text, np.dtype(np.float32)) is None, text
 
 
-def test_small_float32_path_rounds_at_the_range_edge_as_numpy_does() -> None:
+def test_small_float32_outputs_at_the_range_edge_round_or_are_refused() -> None:
     """Just above float32's largest value, a float that rounds down to it is that value, and
     one that rounds up (the halfway point, ties to even) is out of range, not infinity."""
     assert decode_output(b"[3.4028235e38]", "FP32")[0] == np.finfo(np.float32).max
