@@ -771,6 +771,18 @@ def test_an_unusable_output_dtype_is_refused_with_the_supported_list(dtype: Any)
     assert "FP32" in str(info.value)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # as for users: numpy's warning is no error
+@pytest.mark.parametrize("padding", [0, 4000, 20_000])
+def test_a_39_digit_float32_overflow_is_refused_when_warnings_are_not_errors(
+    padding: int,
+) -> None:
+    """numpy turns the literal into inf with only a RuntimeWarning; the decoder must refuse it
+    on every path (small, fast and general: short, middling and long values alike)."""
+    raw = b"[" + b"1.5, " * padding + b"340282356779733661637539395458142568448]"
+    with pytest.raises(InvalidInput, match="range"):
+        decode_output(raw, "FP32")
+
+
 @pytest.mark.parametrize("literal", [b"1" + b"0" * 38, b"-" + b"9" * 39 + b".5", b"4" * 40])
 def test_small_float32_output_with_39_digit_literals(literal: bytes) -> None:
     """A literal of 39 digits is at least 1e38 and float32 ends at 3.4e38: numpy would turn
