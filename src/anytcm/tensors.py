@@ -152,10 +152,9 @@ def triton_datatype(dtype_or_array: npt.DTypeLike | npt.NDArray[Any]) -> str:
 # The dtype spellings callers use most, resolved with one dict lookup (resolving a numpy dtype
 # or scalar type by the general route costs ~2 us, as much as decoding a small output): Triton
 # names, the supported dtypes themselves and their scalar types (`np.float32`).
-_KNOWN_TARGETS: Final[dict[object, np.dtype[Any]]] = {}
-for _name, _dtype in TRITON_TO_NUMPY.items():
-    _KNOWN_TARGETS.update({_name: _dtype, _dtype: _dtype, _dtype.type: _dtype})
-del _name, _dtype
+_KNOWN_TARGETS: Final[dict[object, np.dtype[Any]]] = {
+    key: dtype for name, dtype in TRITON_TO_NUMPY.items() for key in (name, dtype, dtype.type)
+}
 
 
 def _target_dtype(dtype: np.dtype[Any] | str | type[Any] | None) -> np.dtype[Any] | None:
@@ -166,10 +165,7 @@ def _target_dtype(dtype: np.dtype[Any] | str | type[Any] | None) -> np.dtype[Any
         return _KNOWN_TARGETS[dtype]
     except (KeyError, TypeError):  # TypeError: unhashable, which the general route explains
         pass
-    if isinstance(dtype, str):
-        known = TRITON_TO_NUMPY.get(dtype)
-        if known is not None:
-            return known
+    if isinstance(dtype, str):  # not a Triton name as written: TYPE_*, "fp32", numpy names
         try:
             return numpy_dtype(dtype)
         except InvalidInput:
