@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from anytcm import tensors
+from anytcm import tensors, wire
 from anytcm.errors import InvalidInput
 from anytcm.tensors import (
     SUPPORTED_DATATYPES,
@@ -795,3 +795,57 @@ def test_small_float32_output_with_39_digit_literals(literal: bytes) -> None:
     else:
         assert decode_output(raw, "FP32")[1] == np.float32(float(literal))
     assert decode_output(raw, "FP64")[1] == float(literal)
+
+
+# -- numbers the frame decoder parsed ---------------------------------------------------------
+
+_PARSED_TARGETS = [
+    None, "FP32", "FP64", "FP16", "INT64", "INT32", "UINT8", "UINT64", "BOOL", "BYTES"
+]  # fmt: skip
+_PARSED_NUMBERS = (
+    st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from([0, 1, -1, 255, 256, 2**63, -(2**63), 3.4028235e38, 3.4028236e38, -0.0])
+)
+
+
+def decoded_or_error(raw: Any, dtype: str | None, shape: list[int] | None) -> Any:
+    try:
+        return decode_output(raw, dtype, shape)
+    except InvalidInput as exc:
+        return exc
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    value=st.lists(_PARSED_NUMBERS, max_size=8) | _PARSED_NUMBERS,
+    dtype=st.sampled_from(_PARSED_TARGETS),
+    reshape=st.booleans(),
+)
+def test_parsed_numbers_decode_as_their_text_does(
+    value: wire.Numbers, dtype: str | None, reshape: bool
+) -> None:
+    """`decode_output` on the numbers `wire.ServerFrameDecoder` parsed gives what it gives on
+    the same value's JSON text: the same array, or `InvalidInput` both ways."""
+    size = len(value) if isinstance(value, list) else 1
+    shape = [1, size] if reshape else None
+    text = decoded_or_error(msgspec.Raw(json.dumps(value).encode()), dtype, shape)
+    parsed = decoded_or_error(value, dtype, shape)
+    if isinstance(text, InvalidInput):
+        assert isinstance(parsed, InvalidInput), (value, dtype)
+    else:
+        assert not isinstance(parsed, InvalidInput), (value, dtype, parsed)
+        assert same(parsed, text), (value, dtype)
+
+
+def test_parsed_float_lists_are_packed_and_checked() -> None:
+    """The common reply, a flat float list into FP32, comes back writable and exact, and a
+    float32 out of range is refused as on the text path (never silently infinity)."""
+    out = decode_output([0.2, -1, 2**24 + 1], "FP32")
+    assert out.dtype == np.float32
+    assert out.flags.writeable
+    assert out.flags.c_contiguous
+    assert out.tolist() == [np.float32(0.2), -1.0, float(np.float32(2**24 + 1))]
+    with pytest.raises(InvalidInput, match="range"):
+        decode_output([1.0, 3.4028236e38], "FP32")
+    assert decode_output([2**63 + 1], "UINT64")[0] == 2**63 + 1  # ints stay exact

@@ -20,8 +20,9 @@ def decode(obj: Any) -> wire.ServerFrame:
     return decoder.decode(json.dumps(obj).encode())
 
 
-def raw_value(raw: msgspec.Raw) -> Any:
-    return msgspec.json.decode(raw)
+def raw_value(raw: wire.OutputValue) -> Any:
+    """An output value as Python data, whichever form the decoder gave it in."""
+    return msgspec.json.decode(raw) if isinstance(raw, msgspec.Raw) else raw
 
 
 # ------------------------------------------------------------------------------------------------
@@ -409,6 +410,72 @@ def test_decode_raw_dict_one_level_only() -> None:
 def test_decode_raw_dict_rejects_a_non_object() -> None:
     with pytest.raises(msgspec.ValidationError):
         wire.decode_raw_dict(msgspec.Raw(b"[1, 2]"))
+    with pytest.raises(msgspec.ValidationError):
+        wire.decode_raw_dict([1, 2])  # numbers the frame decoder parsed
+
+
+def completed(data: dict[str, Any]) -> bytes:
+    return json.dumps(
+        {"type": "inference", "uuid": "u", "payload": {"status": "COMPLETED", "data": data}}
+    ).encode()
+
+
+def test_a_small_reply_of_flat_numbers_is_decoded_with_its_numbers() -> None:
+    """Parsed in the frame's one pass: ints exact at any size, floats as floats."""
+    frame = wire.ServerFrameDecoder().decode(
+        completed({"A": [1, 2.5, -0.0, 2**64], "B": 7, "C": 1e-3, "D": []})
+    )
+    assert isinstance(frame, wire.InferenceReply)
+    data = frame.payload.data
+    assert isinstance(data, dict)
+    assert data == {"A": [1, 2.5, -0.0, 2**64], "B": 7, "C": 1e-3, "D": []}
+    assert [type(v) for v in data["A"]] == [int, float, float, int]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"A": [[1.5, 2.5]]},  # nested
+        {"A": ["x", "y"]},  # BYTES
+        {"A": [1.0, None]},  # NaN, written as null
+        {"A": [True, 1]},
+        {"A": [1.0], "B": "x"},
+        {"step": {"A": [1.0]}},  # a pipeline's reply
+    ],
+)
+def test_a_reply_the_numbers_decoder_refuses_is_decoded_as_text(data: dict[str, Any]) -> None:
+    frame = wire.ServerFrameDecoder().decode(completed(data))
+    assert isinstance(frame, wire.InferenceReply)
+    assert isinstance(frame.payload.data, dict)
+    assert all(isinstance(v, msgspec.Raw) for v in frame.payload.data.values())
+    assert {k: raw_value(v) for k, v in frame.payload.data.items()} == data
+
+
+def test_after_a_refusal_the_numbers_decoder_pauses() -> None:
+    """A refused frame costs two decodes, so the next few small frames skip the attempt."""
+    decoder = wire.ServerFrameDecoder()
+    flat, nested = completed({"A": [1.0, 2.0]}), completed({"A": [[1.0, 2.0]]})
+
+    def form(frame: bytes) -> type:
+        reply = decoder.decode(frame)
+        assert isinstance(reply, wire.InferenceReply)
+        assert isinstance(reply.payload.data, dict)
+        return type(reply.payload.data["A"])
+
+    assert form(flat) is list
+    assert form(nested) is msgspec.Raw
+    assert [form(flat) for _ in range(wire._NUMBERS_PAUSE)] == [msgspec.Raw] * wire._NUMBERS_PAUSE
+    assert form(flat) is list
+
+
+def test_a_reply_over_the_numbers_size_is_decoded_as_text() -> None:
+    values = [0.5] * (wire._NUMBERS_FRAME_BYTES // 4)
+    frame = wire.ServerFrameDecoder().decode(completed({"A": values}))
+    assert isinstance(frame, wire.InferenceReply)
+    assert isinstance(frame.payload.data, dict)
+    raw = frame.payload.data["A"]
+    assert isinstance(raw, msgspec.Raw)
+    assert msgspec.json.decode(raw) == values
 
 
 # ------------------------------------------------------------------------------------------------
@@ -490,6 +557,12 @@ def management_frames(draw: st.DrawFn) -> dict[str, Any]:
     return with_extras(draw, frame)
 
 
+json_numbers = st.integers(min_value=-(2**70), max_value=2**70) | st.floats(
+    allow_nan=False, allow_infinity=False
+)
+flat_numbers = st.lists(json_numbers, max_size=6)
+
+
 @st.composite
 def inference_frames(draw: st.DrawFn) -> dict[str, Any]:
     payload: dict[str, Any] = {
@@ -500,6 +573,8 @@ def inference_frames(draw: st.DrawFn) -> dict[str, Any]:
             st.none()
             | st.text(max_size=16)
             | st.dictionaries(st.text(max_size=6), json_values, max_size=4)
+            # outputs the decoder may parse with the frame (flat numbers, bare numbers)
+            | st.dictionaries(st.text(max_size=6), flat_numbers | json_numbers, max_size=3)
         )
     if draw(st.booleans()):
         payload["model_name"] = draw(opt_text)

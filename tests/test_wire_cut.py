@@ -25,7 +25,7 @@ _plain = msgspec.json.Decoder(
     | wire.ErrorFrame
     | wire.InfoResponse
     | wire.ManagementReply
-    | wire.InferenceReply
+    | wire._TextReply
     | wire.Alert
 )
 

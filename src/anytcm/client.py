@@ -615,11 +615,11 @@ class AsyncClient:
         except RequestTimeout as exc:
             raise _caller_timeout(exc, seconds, "pipeline") from None
         results: dict[str, InferResult] = {}
-        for key, raw in (completed.outputs or {}).items():
+        for key, step_outputs in (completed.outputs or {}).items():
             model = next((s.model_name for s in wire_steps if (s.name or s.model_name) == key), key)
             results[key] = InferResult(
                 model,
-                wire.decode_raw_dict(raw),
+                wire.decode_raw_dict(step_outputs),
                 dict((output_dtypes or {}).get(key, {})),
                 self.model_spec(model, target),
             )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
@@ -79,7 +80,7 @@ class InferenceProgress:
 class InferenceCompleted:
     """The in-flight inference finished. `outputs` is None for a streamed COMPLETED."""
 
-    outputs: dict[str, msgspec.Raw] | None
+    outputs: Mapping[str, wire.OutputValue] | None
     model_name: str | None
 
 

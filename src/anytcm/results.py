@@ -12,6 +12,7 @@ import numpy.typing as npt
 
 from .errors import InvalidInput
 from .tensors import decode_output, numpy_dtype, triton_datatype
+from .wire import OutputValue
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ class InferResult:
     """
 
     model_name: str | None
-    _raw: Mapping[str, msgspec.Raw]
+    _raw: Mapping[str, OutputValue]
     _dtypes: Mapping[str, Any] = field(default_factory=dict)
     _spec: ModelSpec | None = None
     _decoded: dict[str, npt.NDArray[Any]] = field(default_factory=dict, repr=False)

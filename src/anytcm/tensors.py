@@ -40,6 +40,7 @@ import numpy.typing as npt
 import orjson
 
 from .errors import InvalidInput
+from .wire import Numbers
 
 __all__ = (
     "SUPPORTED_DATATYPES",
@@ -455,13 +456,14 @@ class _Fallback(Exception):
 
 
 def decode_output(
-    raw: RawJSON,
+    raw: RawJSON | Numbers,
     dtype: np.dtype[Any] | str | type[Any] | None = None,
     shape: Sequence[int] | None = None,
 ) -> npt.NDArray[Any]:
     """One output value of an inference reply (``payload.data[<name>]``) as an ndarray.
 
-    :param raw: the JSON text of the value, e.g. the `msgspec.Raw` slice of the reply frame.
+    :param raw: the JSON text of the value, e.g. the `msgspec.Raw` slice of the reply frame,
+        or its numbers as the frame decoder parsed them (`anytcm.wire.Numbers`): both decode alike.
     :param dtype: the output's dtype from the model metadata: a Triton name (``"FP32"``,
         ``"TYPE_INT64"``), a numpy dtype or numpy name. The reply carries none: without it,
         integers decode as int64, floats as float64, booleans as bool and strings as BYTES.
@@ -487,6 +489,15 @@ def decode_output(
         range) or that does not fit ``shape``.
     """
     target = _target_dtype(dtype)
+    if type(raw) is list and shape is None and (target is _F32 or target is _F64):
+        packed = _pack_floats(raw, target, len(raw))  # what the small path does after parsing
+        if packed is not None:
+            return packed
+    if isinstance(raw, (list, int, float)):
+        # Any other parsed value is written back as JSON (exactly: ints in full, floats in
+        # their shortest repr) and decoded as text, so that both forms decode alike by
+        # construction. Rare: a small reply's outputs are most often float lists.
+        raw = _encoder.encode(raw)
     if shape is None and (target is _F32 or target is _F64):
         small = _decode_small(raw, target)
         if small is not None:
@@ -521,6 +532,8 @@ _F64: Final = np.dtype(np.float64)
 # The small path's decoders: a flat list of numbers, and a list of rows of numbers.
 _FLOAT_LIST: Final = msgspec.json.Decoder(list[float])
 _FLOAT_ROWS: Final = msgspec.json.Decoder(list[list[float]])
+# Parsed numbers back to JSON text (`decode_output`): ints of any size, floats exactly.
+_encoder: Final = msgspec.json.Encoder()
 # struct packers by element count, one table per target dtype (at most ~6k entries each: a
 # small value of 12 KiB holds at most 6144 numbers).
 _PACKERS: Final[dict[np.dtype[Any], dict[int, struct.Struct]]] = {_F32: {}, _F64: {}}
@@ -545,15 +558,23 @@ def _decode_small(text: RawJSON, target: np.dtype[Any]) -> npt.NDArray[Any] | No
         return None
     try:
         values = _FLOAT_LIST.decode(text)
-        out = np.empty(len(values), target)
+        shape: int | tuple[int, int] = len(values)
     except msgspec.ValidationError:
         rows = _float_rows(text)
         if rows is None:
             return None
         values, shape = rows
-        out = np.empty(shape, target)
     except msgspec.DecodeError:
         return None
+    return _pack_floats(values, target, shape)
+
+
+def _pack_floats(
+    values: list[Any], target: np.dtype[Any], shape: int | tuple[int, int]
+) -> npt.NDArray[Any] | None:
+    """Python numbers (floats, ints) into a new FP32 or FP64 array of ``shape``, or None for a
+    value that rounds to infinity as a float32 (the general path then explains)."""
+    out = np.empty(shape, target)
     count = len(values)
     packer = _PACKERS[target].get(count) or _packer(target, count)
     try:

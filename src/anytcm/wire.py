@@ -4,8 +4,9 @@ Server frames decode once, into a tagged union on `type`. Decoding is forward co
 unknown fields are ignored, and a frame of an unknown `type` decodes to `UnknownFrame` instead of
 failing, because a newer manager may add frames this client has never heard of.
 
-Inference reply `data` stays undecoded (`msgspec.Raw`) per output, so each output tensor is
-parsed straight into numpy by the tensor codec, with no intermediate Python lists.
+Inference reply `data` holds each output either as its undecoded text (`msgspec.Raw`), parsed
+straight into numpy by the tensor codec, or, for a small reply whose outputs are all flat lists of
+numbers, as those numbers, parsed with the frame in one pass (`ServerFrameDecoder`).
 
 No I/O and no anyio here: this module is tested synchronously.
 """
@@ -13,7 +14,7 @@ No I/O and no anyio here: this module is tested synchronously.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
@@ -187,18 +188,49 @@ class ManagementReply(msgspec.Struct, tag="management", tag_field="type"):
 InferenceStatus: TypeAlias = Literal["START", "ONGOING", "COMPLETED", "FAILED"]
 
 
+# A flat list of numbers or a bare number, as the frame decoder parsed it: integers exact (a
+# Python int), never a bool or null.
+Numbers: TypeAlias = list[int | float] | int | float
+# One value of an inference reply's `data`: its JSON text, or the numbers it holds.
+OutputValue: TypeAlias = msgspec.Raw | Numbers
+
+
 class InferenceReplyPayload(msgspec.Struct):
     """`data` per status: COMPLETED -> {output: value}; FAILED -> object or string;
-    ONGOING -> one string; START and streamed COMPLETED -> null."""
+    ONGOING -> one string; START and streamed COMPLETED -> null.
+
+    Decoded as one of two subclasses, which differ only in how `data` values are read (see
+    `ServerFrameDecoder`); code that reads a reply sees this class and `OutputValue`.
+    """
 
     status: str
-    data: dict[str, msgspec.Raw] | str | None = None
+    data: Mapping[str, OutputValue] | str | None = None
     model_name: str | None = None
 
 
 class InferenceReply(msgspec.Struct, tag="inference", tag_field="type"):
     payload: InferenceReplyPayload
     uuid: str | None = None
+
+
+class _TextReplyPayload(InferenceReplyPayload):
+    data: dict[str, msgspec.Raw] | str | None = None
+
+
+class _TextReply(InferenceReply, tag="inference"):
+    """Every reply: each `data` value kept as its JSON text."""
+
+    payload: _TextReplyPayload
+
+
+class _NumbersReplyPayload(InferenceReplyPayload):
+    data: dict[str, Numbers] | str | None = None
+
+
+class _NumbersReply(InferenceReply, tag="inference"):
+    """A reply whose `data` values are all flat lists of numbers or bare numbers, parsed."""
+
+    payload: _NumbersReplyPayload
 
 
 class Alert(msgspec.Struct, tag="alert", tag_field="type"):
@@ -229,6 +261,11 @@ class FrameDecodeError(ValueError):
     """A frame that is not a JSON object, or a known frame type with a malformed body."""
 
 
+# Frames up to this size may be decoded with their numbers parsed (`ServerFrameDecoder.decode`);
+# the tensor codec's small path takes values up to about the same size.
+_NUMBERS_FRAME_BYTES: Final = 12288
+# After the numbers decoder refused a frame, the small frames decoded as text before it tries again.
+_NUMBERS_PAUSE: Final = 16
 # Frames and array values from these sizes on are decoded by cutting the arrays out first.
 _CUT_FRAME_BYTES: Final = 1 << 16
 _CUT_VALUE_BYTES: Final = 1 << 14
@@ -326,15 +363,43 @@ class ServerFrameDecoder:
         self._typed: msgspec.json.Decoder[
             AuthOk | ErrorFrame | InfoResponse | ManagementReply | InferenceReply | Alert
         ] = msgspec.json.Decoder(
+            AuthOk | ErrorFrame | InfoResponse | ManagementReply | _TextReply | Alert
+        )
+        self._numbers: msgspec.json.Decoder[
             AuthOk | ErrorFrame | InfoResponse | ManagementReply | InferenceReply | Alert
+        ] = msgspec.json.Decoder(
+            AuthOk | ErrorFrame | InfoResponse | ManagementReply | _NumbersReply | Alert
         )
         self._generic = msgspec.json.Decoder(dict[str, Any])
+        self._numbers_pause = 0  # small frames still to decode as text before the next try
 
     def decode(self, data: bytes) -> ServerFrame:
-        if len(data) >= _CUT_FRAME_BYTES and type(data) is bytes:
+        """One server frame. Inference replies come in one of two forms, the same to a reader.
+
+        Perf: kept as text, an output's numbers are parsed twice, once by msgspec to find
+        where the value ends and again by the tensor codec; for a small reply that second
+        parse is a third of the decode. A small frame is therefore first decoded with its
+        numbers parsed; every other frame type decodes the same either way. Anything that
+        decoder refuses (string outputs, nulls for NaN, booleans, nested lists, a FAILED
+        object, bad JSON) is decoded again as text, so the result and its errors are those of
+        the text decoder. A refusal costs about two decodes, and a connection's replies tend
+        to share their form (a model's outputs are nested or not), so after one this decoder
+        skips the attempt for the next `_NUMBERS_PAUSE` frames: a scan of the frame to
+        predict the refusal would cost half the saving on every frame.
+        """
+        size = len(data)
+        if size >= _CUT_FRAME_BYTES and type(data) is bytes:
             reply = self._decode_cut(data)
             if reply is not None:
                 return reply
+        elif size <= _NUMBERS_FRAME_BYTES:
+            if self._numbers_pause:
+                self._numbers_pause -= 1
+            else:
+                try:
+                    return self._numbers.decode(data)
+                except msgspec.DecodeError:  # ValidationError too: the text decoder decides
+                    self._numbers_pause = _NUMBERS_PAUSE
         try:
             return self._typed.decode(data)
         except msgspec.ValidationError as exc:
@@ -368,7 +433,7 @@ class ServerFrameDecoder:
             frame = self._typed.decode(rest)
         except msgspec.DecodeError:  # ValidationError too: the full decode explains
             return None
-        if type(frame) is not InferenceReply or type(frame.payload.data) is not dict:
+        if type(frame) is not _TextReply or type(frame.payload.data) is not dict:
             return None
         values = frame.payload.data
         found = 0
@@ -393,15 +458,23 @@ class FailedObject(msgspec.Struct):
 _raw_dict_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
-def decode_failed_object(data: dict[str, msgspec.Raw]) -> FailedObject:
-    """Rebuild a FAILED object from its undecoded fields."""
+def decode_failed_object(data: Mapping[str, OutputValue]) -> FailedObject:
+    """Rebuild a FAILED object from its fields (undecoded, or numbers already parsed)."""
     return msgspec.convert(
-        {k: msgspec.json.decode(v) for k, v in data.items()}, FailedObject, strict=False
+        {k: msgspec.json.decode(v) if type(v) is msgspec.Raw else v for k, v in data.items()},
+        FailedObject,
+        strict=False,
     )
 
 
-def decode_raw_dict(raw: msgspec.Raw) -> dict[str, msgspec.Raw]:
-    """One level of a nested object (pipeline replies are {step: {output: value}})."""
+def decode_raw_dict(raw: OutputValue) -> dict[str, msgspec.Raw]:
+    """One level of a nested object (pipeline replies are {step: {output: value}}).
+
+    :raises msgspec.ValidationError: the value is not an object (numbers the frame decoder
+        parsed never are).
+    """
+    if type(raw) is not msgspec.Raw:
+        raise msgspec.ValidationError(f"Expected `object`, got {type(raw).__name__}")
     return _raw_dict_decoder.decode(raw)
 
 
