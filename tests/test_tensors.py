@@ -266,6 +266,17 @@ def test_infinity_is_refused_with_the_remedy(bad: float, dtype: Any) -> None:
     assert info.value.given == bad
 
 
+@pytest.mark.parametrize("name", ["x", "label", "null"])
+def test_infinity_is_refused_whatever_the_input_name(name: str) -> None:
+    """The small path's null check first looks for an "l", which a name may hold too."""
+    with pytest.raises(InvalidInput, match="shm carrier"):
+        encode_input(name, np.array([1.0, np.inf], np.float32))
+    item = json.loads(encode_input(name, np.array([1.0, np.nan], np.float32)))
+    assert item["name"] == name
+    assert item["data"] == [1.0, None]
+    assert json.loads(encode_input(name, np.array([1.5], np.float32)))["data"] == [1.5]
+
+
 def test_nan_is_sent_as_null_which_the_server_reads_as_nan() -> None:
     # The claim the encoder relies on: numpy turns None into NaN for float dtypes.
     for dtype in (np.float16, np.float32, np.float64):

@@ -268,6 +268,9 @@ _FAST_DATATYPES: Final[dict[np.dtype[Any], str]] = {
 }
 
 
+_L: Final = ord("l")
+
+
 def _encode_small(name: str, arr: npt.NDArray[Any]) -> bytes | None:
     """The common case in one step: a non-empty, C-ordered numeric array, no datatype given.
 
@@ -282,8 +285,10 @@ def _encode_small(name: str, arr: npt.NDArray[Any]) -> bytes | None:
     )
     # orjson writes NaN and ±Inf alike as null; the general path tells them apart (NaN is sent,
     # Inf refused). Perf: a substring search costs far less than `np.isinf(arr).any()`, and a
-    # name containing "null" merely takes the general path.
-    if arr.dtype.kind == "f" and b"null" in encoded:
+    # name containing "null" merely takes the general path. A search for one byte value (an
+    # int) runs at memchr speed, ~25 ns, where one for `b"null"` takes ~170 ns on a small
+    # input; "l" is in no key and in no number, so only a name with an "l" pays for both.
+    if arr.dtype.kind == "f" and _L in encoded and b"null" in encoded:
         return None
     return encoded
 
