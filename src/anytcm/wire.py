@@ -216,8 +216,8 @@ class InferenceReply(msgspec.Struct, tag="inference", tag_field="type"):
 # The two forms replies decode into. Perf: neither is tracked by the garbage collector
 # (`gc=False`): a decoded reply holds strings, numbers and containers of them, never itself,
 # so it can be part of no reference cycle unless a caller puts it inside its own `data`.
-# Untracked, a small reply's decode into numpy runs ~3% faster: fewer tracked allocations,
-# fewer young-generation collections.
+# Untracked, a small reply takes ~140 fewer instructions to decode (callgrind, of ~19k from
+# bytes to an FP32 array) and adds nothing to the young generation's collection count.
 
 
 class _TextReplyPayload(InferenceReplyPayload, gc=False):
