@@ -153,21 +153,16 @@ def triton_datatype(dtype_or_array: npt.DTypeLike | npt.NDArray[Any]) -> str:
 # The dtype spellings callers use most, resolved with one dict lookup (resolving a numpy dtype
 # or scalar type by the general route costs ~2 us, as much as decoding a small output): Triton
 # names, the supported dtypes themselves and their scalar types (`np.float32`).
-# None (no dtype: inferred from the values) is one of them, for `decode_output`'s inlined lookup.
+# None (no dtype: inferred from the values) is one of them. `decode_output` looks here first.
 _KNOWN_TARGETS: Final[dict[object, np.dtype[Any] | None]] = {
     key: dtype for name, dtype in TRITON_TO_NUMPY.items() for key in (name, dtype, dtype.type)
 }
 _KNOWN_TARGETS[None] = None
 
 
-def _target_dtype(dtype: np.dtype[Any] | str | type[Any] | None) -> np.dtype[Any] | None:
-    """A caller's dtype (Triton name, numpy name or dtype) as a supported numpy dtype."""
-    if dtype is None:
-        return None
-    try:
-        return _KNOWN_TARGETS[dtype]
-    except (KeyError, TypeError):  # TypeError: unhashable, which the general route explains
-        pass
+def _resolve_dtype(dtype: np.dtype[Any] | str | type[Any]) -> np.dtype[Any]:
+    """A caller's dtype spelled in a way `_KNOWN_TARGETS` does not hold (TYPE_*, "fp32", numpy
+    names, other dtype-likes) as a supported numpy dtype; the general route, ~2 us."""
     if isinstance(dtype, str):  # not a Triton name as written: TYPE_*, "fp32", numpy names
         try:
             return numpy_dtype(dtype)
@@ -495,10 +490,11 @@ def decode_output(
         (ragged lists, null for an integer dtype, strings for a numeric dtype, values out of
         range) or that does not fit ``shape``.
     """
-    try:  # `_target_dtype`'s table, inlined: ~50 ns of a small output's ~600
+    try:
         target = _KNOWN_TARGETS[dtype]
-    except (KeyError, TypeError):
-        target = _target_dtype(dtype)
+    except (KeyError, TypeError):  # TypeError: unhashable, which the general route explains
+        assert dtype is not None  # None is in the table
+        target = _resolve_dtype(dtype)
     if type(raw) is list and shape is None and (target is _F32 or target is _F64):
         packed = _pack_floats(raw, target, len(raw))  # what the small path does after parsing
         if packed is not None:
@@ -507,7 +503,7 @@ def decode_output(
         # Any other parsed value is written back as JSON (exactly: ints in full, floats in
         # their shortest repr) and decoded as text, so that both forms decode alike by
         # construction. Rare: a small reply's outputs are most often float lists.
-        raw = _encoder.encode(raw)
+        raw = msgspec.json.encode(raw)
     if shape is None and (target is _F32 or target is _F64):
         small = _decode_small(raw, target)
         if small is not None:
@@ -542,8 +538,6 @@ _F64: Final = np.dtype(np.float64)
 # The small path's decoders: a flat list of numbers, and a list of rows of numbers.
 _FLOAT_LIST: Final = msgspec.json.Decoder(list[float])
 _FLOAT_ROWS: Final = msgspec.json.Decoder(list[list[float]])
-# Parsed numbers back to JSON text (`decode_output`): ints of any size, floats exactly.
-_encoder: Final = msgspec.json.Encoder()
 # struct packers by element count, one table per target dtype (at most ~6k entries each: a
 # small value of 12 KiB holds at most 6144 numbers).
 _F32_PACKERS: Final[dict[int, struct.Struct]] = {}
