@@ -35,6 +35,12 @@ class ServerConfig:
     shm: bool = True
     extra_capabilities: list[str] = field(default_factory=list)
     ping_interval: float = 20.0
+    # Not in the real server (which waits for the auth frame until the keepalive gives up): an
+    # unauthenticated socket is closed after this many seconds; 0 turns it off.
+    auth_timeout: float = 10.0
+    # The real server accepts permessage-deflate; this one offers it only when asked, because
+    # inflating is where an inbound frame costs more memory than its size on the wire.
+    permessage_deflate: bool = False
     drain_seconds: float = 2.0
     faults: list[tuple[str, str]] = field(default_factory=list)
     exit_with_parent: int | None = None
@@ -68,6 +74,18 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-shm", action="store_true", help="do not offer the 'shm' capability")
     add("--capability", action="append", default=[], help="offer an extra capability")
     add("--ping-interval", type=float, default=20.0, help="keepalive ping interval, 0 = off")
+    add(
+        "--auth-timeout",
+        type=float,
+        default=10.0,
+        help="close a socket that has not sent its auth frame after this many seconds "
+        "(error frame, close 1008); 0 = wait forever, as the real server does",
+    )
+    add(
+        "--permessage-deflate",
+        action="store_true",
+        help="accept the permessage-deflate extension (off by default; the real server accepts it)",
+    )
     add("--drain-seconds", type=float, default=2.0, help="SIGTERM drain deadline")
     add("--fault", action="append", default=[], metavar="KEY=VALUE", help="a fault switch")
     add("--exit-with-parent", type=int, default=None, help=argparse.SUPPRESS)
@@ -110,6 +128,8 @@ def config_from_arguments(args: argparse.Namespace) -> ServerConfig:
         shm=not args.no_shm,
         extra_capabilities=list(args.capability),
         ping_interval=args.ping_interval,
+        auth_timeout=args.auth_timeout,
+        permessage_deflate=args.permessage_deflate,
         drain_seconds=args.drain_seconds,
         faults=faults,
         exit_with_parent=args.exit_with_parent,

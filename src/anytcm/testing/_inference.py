@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from ._tensors import (
     is_shm_reference,
     is_zstd_input,
     read_shm_input,
+    shm_segment_problem,
     to_manager_form,
 )
 from ._zoo import Model, Tensors, get_model, stream_chunks
@@ -184,12 +184,9 @@ class InferenceHandler:
         tensors: Tensors = {}
         for item in shm_items:
             ref = ShmReference.parse(item, step.key)
-            if not os.path.exists(ref.path):
-                raise TritonError(
-                    "TRITON_SHM_UNAVAILABLE",
-                    step.key,
-                    f"shared memory key '{ref.key}' not found under /dev/shm",
-                )
+            problem = shm_segment_problem(ref)
+            if problem is not None:
+                raise TritonError("TRITON_SHM_UNAVAILABLE", step.key, problem)
             self._registry.register_shm(server, vm_ip, ref.key, ref.byte_size, step.key)
             if ref.offset > 0:
                 raise TritonError(

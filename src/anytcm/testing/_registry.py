@@ -251,3 +251,5 @@ _ACTIONS: dict[str, Any] = {
     "delete_container": Registry._delete_container,
     "delete_vm": Registry._delete_vm,
 }
+# Every action management runs (config/jobs.yaml:21); anything else is 'Job action not found'.
+MANAGEMENT_ACTIONS = frozenset(_ACTIONS)

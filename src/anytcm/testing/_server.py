@@ -31,19 +31,23 @@ from websockets.http11 import Request, Response
 
 from ._config import JOB_TYPES, ServerConfig
 from ._faults import FaultSwitchError, FaultSwitches
+from ._framecap import capped_connection
 from ._inference import InferenceHandler
 from ._jobs import Job, JobScheduler
 from ._metrics import ServerMetrics
-from ._registry import ManagementFailure, Registry
+from ._registry import MANAGEMENT_ACTIONS, ManagementFailure, Registry
 
 logger = logging.getLogger("anytcm.testing.server")
 
 VALID_TYPES = ["auth", "info", "management", "inference"]
 FAST_PATH_ACTIONS = ("queue", "queue_stats")
-UVICORN_MAX_SIZE = 16 * 1024 * 1024  # the protocol-level cap above the manager's own
+# Sliding windows kept per uuid (auth failures, message rate) are trimmed this often, and a uuid
+# whose windows are empty is forgotten: fresh uuids must not grow them without bound.
+HOUSEKEEPING_SECONDS = 5.0
 CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
 CLOSE_RESTART = 1012
+AUTH_FAILURE_WINDOW = 60.0  # failed auths are counted per uuid over 60 s (ws.py:309-331)
+RATE_WINDOW = 1.0  # the per-uuid message rate is a sliding 1 s window (ws.py:253-271)
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -88,8 +92,10 @@ class ReferenceServer:
             max_workers=sum(config.workers.values()) + 2, thread_name_prefix="ref-worker"
         )
         self.inference = InferenceHandler(config, self.registry, self.faults, self._executor)
-        self.scheduler = JobScheduler(config, self._run_job, self.send_to_uuid)
         self.by_uuid: dict[str, Client] = {}
+        self.scheduler = JobScheduler(
+            config, self._run_job, self.send_to_uuid, connected=self.by_uuid.__contains__
+        )
         self.auth_order: list[Client] = []  # authenticated clients, first-connected first
         self.live: set[Client] = set()
         self._auth_failures: dict[str, deque[float]] = {}
@@ -114,11 +120,13 @@ class ReferenceServer:
             self.config.host,
             self.config.port,
             process_request=self._process_request,
-            max_size=UVICORN_MAX_SIZE,
+            # The manager's cap is the parser's: a bigger frame is refused from its header.
+            max_size=self.config.max_message_bytes,
+            create_connection=capped_connection(self.config.max_message_bytes),
             ping_interval=ping,
             ping_timeout=ping,
             close_timeout=2,
-            compression="deflate",
+            compression="deflate" if self.config.permessage_deflate else None,
             server_header="anytcm-reference-manager",
             ssl=tls,
         ) as server:
@@ -126,7 +134,10 @@ class ReferenceServer:
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
             loop.add_signal_handler(signal.SIGINT, self._stop.set)
-            background = [asyncio.create_task(self.scheduler.run())]
+            background = [
+                asyncio.create_task(self.scheduler.run()),
+                asyncio.create_task(self._housekeeping()),
+            ]
             if self.config.exit_with_parent:
                 background.append(asyncio.create_task(self._watch_parent()))
             scheme = "wss" if tls else "ws"
@@ -158,6 +169,12 @@ class ReferenceServer:
         await asyncio.sleep(0.5)
         await self.scheduler.wait_idle()
         self._stop.set()
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            _prune_windows(self._auth_failures, AUTH_FAILURE_WINDOW)
+            _prune_windows(self._message_times, RATE_WINDOW)
 
     async def _watch_parent(self) -> None:
         # A test process that dies must not leave its server (and its port) behind.
@@ -213,20 +230,36 @@ class ReferenceServer:
             self.metrics.connections.dec()
             if client.uuid is not None and self.by_uuid.get(client.uuid) is client:
                 del self.by_uuid[client.uuid]  # the uuid slot is free again
+                self.scheduler.forget_if_idle(client.uuid)
             with contextlib.suppress(ValueError):
                 self.auth_order.remove(client)
 
     async def _read(self, client: Client) -> str:
-        """Read one text frame, enforcing the manager's inbound cap (§1)."""
+        """Read one text frame. The inbound cap (§1) is enforced by the parser (`_framecap`)."""
         message = await client.ws.recv()
         client.frames += 1
         if isinstance(message, bytes):
             raise _Dropped  # receive_text() fails on binary: the socket just drops
-        if len(message.encode("utf-8")) > self.config.max_message_bytes:
-            raise _Reject(
-                f"Message too large (>{self.config.max_message_bytes} bytes)", CLOSE_TOO_BIG
-            )
         return message
+
+    async def _read_auth_frame(self, client: Client) -> str:
+        """The first frame, within the auth deadline (`auth_timeout`, 0 = none).
+
+        The real server has no such deadline: an idle unauthenticated socket holds its resources
+        until the keepalive gives up. A stalled connection (fault switch) is frozen, deadline
+        included: it neither reads nor closes until the stall ends.
+        """
+        timeout = self.config.auth_timeout
+        if timeout <= 0:
+            return await self._read(client)
+        while True:
+            try:
+                return await asyncio.wait_for(self._read(client), timeout)
+            except asyncio.TimeoutError:
+                if not client.stalled:
+                    raise _Reject(
+                        f"Auth timeout: no auth frame within {timeout:g} seconds", CLOSE_POLICY
+                    ) from None
 
     def _parse(self, text: str, close: int | None) -> dict[str, Any]:
         """JSON and envelope validation (ws.py:183-213); `close` is the code to close with."""
@@ -249,7 +282,7 @@ class ReferenceServer:
         return message
 
     async def _authenticate(self, client: Client) -> None:
-        message = self._parse(await self._read(client), CLOSE_POLICY)
+        message = self._parse(await self._read_auth_frame(client), CLOSE_POLICY)
         if message["type"] != "auth":
             raise _Reject("First message must be type 'auth'", CLOSE_POLICY)
         uuid = message["uuid"]
@@ -297,9 +330,11 @@ class ReferenceServer:
             return default  # token mode: roles come from the token, client.roles is ignored
         client_info = payload.get("client")
         roles = client_info.get("roles") if isinstance(client_info, dict) else None
-        if isinstance(roles, str):
+        # Development mode (ws.py:458-469): `if not roles: roles = [...]`, so an empty list or
+        # string gets the defaults too. The vendor SDK sends `roles: []` with every token.
+        if isinstance(roles, str) and roles:
             return [roles]
-        if isinstance(roles, list):
+        if isinstance(roles, list) and roles:
             return [str(r) for r in roles]
         return default
 
@@ -307,7 +342,7 @@ class ReferenceServer:
         limit = self.config.auth_failures_per_minute
         if limit <= 0:
             return
-        window = _trim(self._auth_failures.setdefault(uuid, deque()), 60.0)
+        window = _trim(self._auth_failures.setdefault(uuid, deque()), AUTH_FAILURE_WINDOW)
         if len(window) >= limit:
             self.metrics.auth_failures.inc()
             raise _Reject("Too many failed auth attempts for this client", CLOSE_POLICY)
@@ -362,7 +397,7 @@ class ReferenceServer:
         limit = self.config.rate_limit_per_client
         if limit <= 0:
             return
-        window = _trim(self._message_times.setdefault(uuid, deque()), 1.0)
+        window = _trim(self._message_times.setdefault(uuid, deque()), RATE_WINDOW)
         window.append(time.monotonic())
         if len(window) > limit:
             self.metrics.rate_limit_violations.labels("client").inc()
@@ -447,7 +482,9 @@ class ReferenceServer:
     async def _run_management(self, job: Job) -> None:
         payload = job.message["payload"]
         action = str(payload.get("action"))
-        self.metrics.management_actions.labels(action).inc()
+        # The label is client text: one time series per distinct string would grow forever.
+        label = action if action in MANAGEMENT_ACTIONS else "unknown"
+        self.metrics.management_actions.labels(label).inc()
         try:
             data, status = self.registry.run_action(action, payload), True
         except ManagementFailure as exc:
@@ -601,6 +638,12 @@ def _trim(window: deque[float], seconds: float) -> deque[float]:
     while window and window[0] < cutoff:
         window.popleft()
     return window
+
+
+def _prune_windows(windows: dict[str, deque[float]], seconds: float) -> None:
+    """Trim every uuid's window and forget the uuids left with nothing in theirs."""
+    for uuid in [u for u, window in windows.items() if not _trim(window, seconds)]:
+        del windows[uuid]
 
 
 def _json(connection: ServerConnection, status: int, body: Any) -> Response:

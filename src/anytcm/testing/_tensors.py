@@ -12,6 +12,7 @@ import binascii
 import math
 import mmap
 import os
+import stat
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ ESTIMATE_BYTES_PER_ELEMENT: dict[str, int] = {
 }
 
 SHM_REFERENCE_KEYS = ("name", "shm_key", "offset", "byte_size", "shape", "dtype")
+SHM_DIR = "/dev/shm"
 
 # The zstd input extension (docs/zstd-carrier.md): recognised only when the server offers the
 # `zstd` capability (`--capability zstd`); the real manager does not know it.
@@ -327,6 +329,11 @@ class ShmReference:
             problems.append("name must be a non-empty string")
         if not isinstance(key, str) or not key:
             problems.append("shm_key must be a non-empty string")
+        elif not _is_segment_name(key):
+            problems.append(
+                f"shm_key must name a segment directly under {SHM_DIR} "
+                "(one optional leading '/', no other '/', not '.' or '..', no NUL)"
+            )
         if not isinstance(dtype, str) or not dtype:
             problems.append("dtype must be a non-empty string")
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
@@ -345,21 +352,57 @@ class ShmReference:
 
     @property
     def path(self) -> str:
-        return os.path.join("/dev/shm", self.key.lstrip("/"))
+        # parse() admits only plain names: the path cannot leave SHM_DIR.
+        return os.path.join(SHM_DIR, self.key.removeprefix("/"))
+
+
+def _is_segment_name(key: str) -> bool:
+    """A POSIX shm name (`shm_open` style): a file name directly in SHM_DIR, nothing else.
+
+    Anything that could resolve elsewhere (`../x`, `a/b`, an absolute path such as `/etc/x`)
+    is refused before the file system is asked.
+    """
+    name = key.removeprefix("/")
+    return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
+
+
+def shm_segment_problem(ref: ShmReference) -> str | None:
+    """Why `ref` does not name a readable segment (None: it exists as a regular file).
+
+    A symbolic link is refused even when it points into SHM_DIR: where it points is the
+    client's choice, not a segment it created.
+    """
+    try:
+        info = os.lstat(ref.path)
+    except OSError:
+        return f"shared memory key '{ref.key}' not found under {SHM_DIR}"
+    if not stat.S_ISREG(info.st_mode):
+        return f"shared memory key '{ref.key}' is not a shared memory segment under {SHM_DIR}"
+    return None
 
 
 def read_shm_input(ref: ShmReference, model: str) -> npt.NDArray[Any]:
     """Read an input the way Triton reads a registered system-shared-memory region."""
+    # O_NOFOLLOW and the regular-file check close the gap between shm_segment_problem() and
+    # this open (the name could be swapped for a link); O_NONBLOCK keeps a FIFO from blocking.
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        fd = os.open(ref.path, os.O_RDONLY)
+        fd = os.open(ref.path, flags)
     except OSError as exc:
         raise TritonError(
             "TRITON_SHM_UNAVAILABLE",
             model,
-            f"shared memory key '{ref.key}' is not accessible under /dev/shm: {exc.strerror}",
+            f"shared memory key '{ref.key}' is not accessible under {SHM_DIR}: {exc.strerror}",
         ) from None
     try:
-        size = os.fstat(fd).st_size
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise TritonError(
+                "TRITON_SHM_UNAVAILABLE",
+                model,
+                f"shared memory key '{ref.key}' is not a shared memory segment under {SHM_DIR}",
+            )
+        size = info.st_size
         if size < ref.byte_size:
             raise TritonError(
                 "TRITON_SHM_REGISTRATION_FAILED",
@@ -452,5 +495,6 @@ __all__ = [
     "is_shm_reference",
     "is_zstd_input",
     "read_shm_input",
+    "shm_segment_problem",
     "to_manager_form",
 ]

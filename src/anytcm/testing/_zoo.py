@@ -124,11 +124,19 @@ def _checksum(tensors: Tensors) -> Tensors:
     return {"OUTPUT0": np.array([total], dtype=np.float64)}
 
 
+# The reply is JSON (~12 bytes a value) built in memory by a worker: 2**22 values (16 MiB of
+# FP32, ~50 MB of JSON) bound what one 16-byte request can make the server allocate, with room
+# above the benchmarks' largest reply (2**20 values).
+GENERATE_MAX_SIZE = 1 << 22
+
+
 def _generate(tensors: Tensors) -> Tensors:
     size = int(tensors["SIZE"].reshape(-1)[0])
-    if size < 0 or size > 256 * 1024 * 1024:
+    if size < 0 or size > GENERATE_MAX_SIZE:
         raise TritonError(
-            "TRITON_INFERENCE_FAILED", "generate", f"[400] SIZE must be in [0, 2**28], got {size}"
+            "TRITON_INFERENCE_FAILED",
+            "generate",
+            f"[400] SIZE must be in [0, {GENERATE_MAX_SIZE}], got {size}",
         )
     values = np.random.default_rng(size).random(size, dtype=np.float32)
     return {"OUTPUT0": values}
