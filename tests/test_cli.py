@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -204,6 +205,28 @@ def test_token_from_environment_is_used_and_never_printed(
     assert helptext.code == 0
     assert "ANYTCM_TOKEN" in helptext.out
     assert secret not in helptext.out
+
+
+def test_token_from_a_file_keeps_it_off_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = "cli-file-token-2b7e"
+    token_file = tmp_path / "token"
+    token_file.write_text(secret + "\n", encoding="utf-8")
+    with ReferenceManager(token=secret) as guarded:
+        ok = cli(capsys, "queue-stats", "--url", guarded.ws_url, "--token-file", str(token_file))
+        assert ok.code == 0, ok.err
+        missing = cli(capsys, "ready", "--token-file", str(tmp_path / "absent"))
+        assert missing.code == 2
+        assert_one_line_error(missing.err, "--token-file", "No such file")
+        token_file.write_text("\n", encoding="utf-8")
+        empty = cli(capsys, "ready", "--token-file", str(token_file))
+        assert empty.code == 2
+        assert_one_line_error(empty.err, "the file is empty")
+        both = cli(capsys, "ready", "--token", "x", "--token-file", str(token_file))
+        assert both.code == 2  # one source of the token, not two
+    for text in (ok.out, ok.err, missing.err, empty.err):
+        assert secret not in text
 
 
 # -- carriers list ----------------------------------------------------------------------------

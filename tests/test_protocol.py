@@ -19,6 +19,7 @@ from anytcm.errors import (
     ContractError,
     Forbidden,
     InferenceFailed,
+    ProtocolError,
     ServerShutdown,
 )
 from anytcm.protocol import (
@@ -30,6 +31,7 @@ from anytcm.protocol import (
     InferenceCompleted,
     InferenceProgress,
     InfoCompleted,
+    MalformedFrame,
     ManagementCompleted,
     ProtocolStateError,
     ProtocolViolation,
@@ -269,12 +271,36 @@ def test_pushed_frames_racing_the_auth_reply_are_unsolicited(pushed: bytes) -> N
     assert state_of(p) == "open"
 
 
-def test_malformed_frames_are_protocol_violations() -> None:
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"not json",
+        b"[1]",
+        b"\xff\xfe{}",  # not UTF-8
+        enc({"type": "inference", "payload": {"data": 1}}),  # a known type, wrong types
+        enc({"type": "info_response", "payload": {"job_id": "x", "status": 3}}),
+        # Nested far beyond any real frame: the decoders raise RecursionError for these.
+        b'{"type":"error","payload":{"message":' + b"[" * 1000 + b"]" * 1000 + b"}}",
+        b'{"type":"novel","x":' + b"[" * 1000 + b"]" * 1000 + b"}",
+    ],
+)
+def test_an_unreadable_frame_closes_the_protocol_and_fails_what_is_pending(data: bytes) -> None:
     p = opened()
     p.send_inference(PAYLOAD)
-    for data in (b"not json", b"[1]", enc({"type": "inference", "payload": {"data": 1}})):
-        assert isinstance(p.receive(data), ProtocolViolation)
-    assert not ready(p)  # nothing was settled by garbage
+    p.send_info("queue_stats")
+    event = p.receive(data)
+    assert isinstance(event, MalformedFrame)
+    assert isinstance(event.error, ProtocolError)
+    assert event.error.excerpt  # quotes what arrived
+    assert repr(data[:20].decode("utf-8", "replace"))[1:-1][:10] in event.error.excerpt
+    assert len(event.error.excerpt) < 200  # a quote, never the whole frame
+    assert not ready(p)  # nothing is routed on a broken connection
+    failed = p.connection_lost(event.error)
+    assert {f.kind for f in failed} == {"inference", "info"}
+    for f in failed:
+        assert isinstance(f.error, ProtocolError)
+        assert f.error.outcome_unknown
+        assert f.error.excerpt == event.error.excerpt
 
 
 def test_a_stray_auth_ok_on_an_open_connection_is_unsolicited() -> None:
@@ -425,10 +451,13 @@ def test_inference_frame_for_another_uuid_is_unsolicited() -> None:
     assert isinstance(p.receive(inference("COMPLETED", {"o": 2}, "m")), InferenceCompleted)
 
 
-def test_unknown_inference_status_is_a_violation_and_keeps_the_slot() -> None:
+def test_an_unknown_status_for_the_inference_in_flight_is_malformed() -> None:
+    # Waiting on would only run out the caller's deadline: no rule says what follows it.
     p = opened()
     p.send_inference(PAYLOAD)
-    assert isinstance(p.receive(inference("PAUSED")), ProtocolViolation)
+    event = p.receive(inference("PAUSED"))
+    assert isinstance(event, MalformedFrame)
+    assert "'PAUSED'" in str(event.error)
     assert not ready(p)
 
 
@@ -1106,3 +1135,14 @@ def test_out_of_order_replies_each_reach_their_own_request(data: st.DataObject) 
     assert mgmt_ready(p)
     assert p.info_ready("status")
     assert p.connection_lost(ConnectionLost("end")) == []
+
+
+def test_an_excerpt_never_quotes_a_token() -> None:
+    # A peer that echoes our auth frame back (garbled) must not get the token into a message.
+    echoed = b'{"type":"auth","uuid":"u","payload":{"token":"' + TOKEN.encode() + b'"'
+    p = opened()
+    event = p.receive(echoed)
+    assert isinstance(event, MalformedFrame)
+    assert TOKEN not in str(event.error)
+    assert TOKEN[:8] not in event.error.excerpt
+    assert "<redacted>" in event.error.excerpt

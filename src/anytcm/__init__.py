@@ -38,6 +38,7 @@ _EXPORTS = {
     "AuthError": "errors",
     "ConnectionLost": "errors",
     "ServerShutdown": "errors",
+    "ProtocolError": "errors",
     "RequestError": "errors",
     "InferenceFailed": "errors",
     "ContractError": "errors",
@@ -74,6 +75,7 @@ __all__ = (
     "ModelSpec",
     "NotReady",
     "PayloadTooLarge",
+    "ProtocolError",
     "QueueStats",
     "RequestError",
     "RequestTimeout",
@@ -125,6 +127,7 @@ if TYPE_CHECKING:
     from .errors import ManagementFailed as ManagementFailed
     from .errors import NotReady as NotReady
     from .errors import PayloadTooLarge as PayloadTooLarge
+    from .errors import ProtocolError as ProtocolError
     from .errors import RequestError as RequestError
     from .errors import RequestTimeout as RequestTimeout
     from .errors import ServerShutdown as ServerShutdown

@@ -63,6 +63,7 @@ from websockets.protocol import State
 from websockets.uri import WebSocketURI, parse_uri
 
 from . import _asyncio_stream
+from ._log_redaction import FRAME_LOGGER
 from .errors import ConnectError, ConnectionLost, HandshakeRejected
 from .transport import (
     Transport,
@@ -322,6 +323,9 @@ class WebsocketsTransport:
         if self._end is None:
             self._end = (code, reason)
             self._end_cause = cause
+            # A message cut short by the end is never delivered: drop its fragments now rather
+            # than when the transport is collected (after an over-limit reply, ~max_size bytes).
+            self._fragments = None
             waiter = self._pong_waiter
             if waiter is not None:  # let the keepalive see the end at once
                 waiter.set()
@@ -570,7 +574,10 @@ async def _open(url: str, options: TransportOptions) -> WebsocketsTransport:
     extensions: list[ClientExtensionFactory] | None = None
     if options.compression:
         extensions = [ClientPerMessageDeflateFactory(compress_settings={"memLevel": 5})]
-    protocol = ClientProtocol(uri, extensions=extensions, max_size=options.max_message_size)
+    # FRAME_LOGGER: websockets logs every frame at DEBUG, the auth frame (and its token) too.
+    protocol = ClientProtocol(
+        uri, extensions=extensions, max_size=options.max_message_size, logger=FRAME_LOGGER
+    )
     request = protocol.connect()
     for name, value in options.headers.items():
         request.headers[name] = value
@@ -655,6 +662,13 @@ def _open_error(url: str, options: TransportOptions, exc: Exception) -> ConnectE
     tls = tls_connect_error(url, exc)
     if tls is not None:
         return tls
+    if isinstance(exc, anyio.EndOfStream):
+        # anyio's TLS stream (not standard-compatible) reports a peer that hangs up during the
+        # TLS handshake this way: a proxy dropping connections, or no TLS on that port.
+        return ConnectError(
+            f"{url} closed the connection during the TLS handshake: check that the server "
+            "speaks TLS on that port (wss:// vs ws://) and any proxy in between"
+        )
     if isinstance(exc, (OSError, anyio.BrokenResourceError)):
         cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
         return ConnectError(

@@ -94,10 +94,19 @@ def _add_global_options(parser: argparse.ArgumentParser, *, with_defaults: bool)
         default=default(None),
         help=f"the manager's WebSocket URL (default: ${URL_VARIABLE}, else {DEFAULT_URL})",
     )
-    group.add_argument(
+    token = group.add_mutually_exclusive_group()
+    token.add_argument(
         "--token",
         default=default(None),
-        help=f"the manager's auth token (default: ${TOKEN_VARIABLE}); never printed",
+        help=f"the manager's auth token (default: ${TOKEN_VARIABLE}); never printed. On a "
+        "shared machine prefer --token-file or the variable: a command line shows in `ps`",
+    )
+    token.add_argument(
+        "--token-file",
+        metavar="PATH",
+        default=default(None),
+        help="read the auth token from this file (its first line; `-` for stdin), which keeps "
+        "it out of the process list and the shell history",
     )
     group.add_argument(
         "--json",
@@ -270,11 +279,35 @@ def _context(args: argparse.Namespace) -> CliContext:
         raise UsageError(f"${URL_VARIABLE}: {exc}") from None
     return CliContext(
         url=url,
-        token=args.token if args.token is not None else os.environ.get(TOKEN_VARIABLE) or None,
+        token=_token(args),
         json=args.json,
         timeout=args.timeout,
         backend=args.backend,
     )
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    """--token, else --token-file, else $ANYTCM_TOKEN (an empty one counts as none)."""
+    if args.token is not None:
+        return str(args.token)
+    path = getattr(args, "token_file", None)
+    if path is None:
+        return os.environ.get(TOKEN_VARIABLE) or None
+    try:
+        if path == "-":
+            text = sys.stdin.readline()
+        else:
+            with open(path, encoding="utf-8") as file:
+                text = file.readline()
+    except OSError as exc:
+        raise UsageError(f"--token-file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        # Never quote the content: it is meant to be a secret.
+        raise UsageError(f"--token-file {path}: not UTF-8 text") from None
+    token = text.strip()
+    if not token:
+        raise UsageError(f"--token-file {path}: the file is empty; put the token on its first line")
+    return token
 
 
 def _dispatch(args: argparse.Namespace, context: CliContext) -> int:

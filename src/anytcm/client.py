@@ -14,8 +14,8 @@ import ssl
 import sys
 import uuid as uuid_module
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -36,13 +36,14 @@ from .errors import (
     InvalidInput,
     ManagementFailed,
     PayloadTooLarge,
+    ProtocolError,
     RequestTimeout,
     TcmError,
 )
 from .observability import ClientMetrics, Observation, Recorder
 from .plugins import carrier_names, load_carrier
 from .pool import Pool, PoolSettings
-from .protocol import InferenceCompleted, InferenceProgress
+from .protocol import InferenceCompleted, InferenceProgress, excerpt_of
 from .readiness import ReadinessGate
 from .results import (
     ContainerCreated,
@@ -119,7 +120,7 @@ class AsyncClient:
         return seconds, self._now() + seconds
 
     def _deliver_unsolicited(self, frame: wire.ServerFrame) -> None:
-        logger.info("unsolicited frame: %s", frame)
+        logger.info("unsolicited frame: %.300s", frame)  # a hostile one may be megabytes
         for stream in list(self._subscribers):
             try:
                 stream.send_nowait(frame)
@@ -865,7 +866,8 @@ class InfoAPI:
     async def queue_stats(self, *, timeout: float | None = None) -> QueueStats:
         """The manager's queue statistics (answered at once, even under load)."""
         reply = await self._client._info("queue_stats", timeout)
-        return msgspec.convert(reply.data or {}, QueueStats, strict=False)
+        with reply_shape("queue_stats", reply.data):
+            return msgspec.convert(reply.data or {}, QueueStats, strict=False)
 
     async def request(self, action: str, *, timeout: float | None = None) -> Any:
         """Any info action; returns the reply's `data`."""
@@ -890,7 +892,10 @@ class ManagementAPI:
         self, *, openstack: Mapping[str, Any], timeout: float | None = None
     ) -> VmCreated:
         data = await self.request("create_vm", openstack=dict(openstack), timeout=timeout)
-        return VmCreated(str(data[0]), str(data[1]))
+        with reply_shape("create_vm", data):
+            if not isinstance(data, list) or len(data) != 2:
+                raise TypeError("expected a two-item list")
+            return VmCreated(str(data[0]), str(data[1]))
 
     async def create_container(
         self,
@@ -904,9 +909,10 @@ class ManagementAPI:
         data = await self.request(
             "create_container", vm_id=vm_id, docker=dict(docker), timeout=timeout, **extra
         )
-        if isinstance(data, list):
-            return ContainerCreated(str(data[0]), dict(data[1]) if len(data) > 1 else {})
-        return ContainerCreated(str(data), {})
+        with reply_shape("create_container", data):
+            if isinstance(data, list):
+                return ContainerCreated(str(data[0]), dict(data[1]) if len(data) > 1 else {})
+            return ContainerCreated(str(data), {})
 
     async def create_server(
         self,
@@ -927,8 +933,9 @@ class ManagementAPI:
             minio=dict(minio or {}),
             timeout=timeout,
         )
-        spec = ModelSpec.from_config(data)
-        model = str(data["model_name"])
+        with reply_shape("create_server", data):
+            spec = ModelSpec.from_config(data)
+            model = str(data["model_name"])
         self._client.set_model_spec(model, spec, target=Target(vm_ip, container_id))
         return ServerCreated(model, spec)
 
@@ -949,10 +956,12 @@ class ManagementAPI:
             minio=dict(minio or {}),
             timeout=timeout,
         )
-        target = Target(str(data["vm_ip"]), str(data["container_id"]))
-        spec = ModelSpec.from_config(data)
-        self._client.set_model_spec(str(data["model_name"]), spec, target=target)
-        return Deployment(target, str(data["model_name"]), spec)
+        with reply_shape("creation", data):
+            target = Target(str(data["vm_ip"]), str(data["container_id"]))
+            spec = ModelSpec.from_config(data)
+            model = str(data["model_name"])
+        self._client.set_model_spec(model, spec, target=target)
+        return Deployment(target, model, spec)
 
     async def deletion(
         self, *, vm_id: str, container_id: str, timeout: float | None = None
@@ -960,7 +969,8 @@ class ManagementAPI:
         data = await self.request(
             "deletion", vm_id=vm_id, container_id=container_id, timeout=timeout
         )
-        return Deleted(data.get("vm_id"), data.get("container_id"))
+        with reply_shape("deletion", data):
+            return Deleted(data.get("vm_id"), data.get("container_id"))
 
     async def delete_server(
         self, *, vm_id: str, container_id: str, timeout: float | None = None
@@ -978,6 +988,34 @@ class ManagementAPI:
         self, *, vm_id: str, container_id: str, timeout: float | None = None
     ) -> None:
         await self.request("delete_vm", vm_id=vm_id, container_id=container_id, timeout=timeout)
+
+
+@contextmanager
+def reply_shape(action: str, data: Any) -> Iterator[None]:
+    """Reading a well-formed reply whose `data` lacks the contract's shape raises ProtocolError.
+
+    The frame itself decoded (so the connection is fine), but what the manager put in it is
+    not what the action returns: a missing key, a string for a list. Whatever Python raises
+    for that is turned into the error tree's name for it.
+    """
+    try:
+        yield
+    except (
+        KeyError,
+        IndexError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        msgspec.ValidationError,
+    ) as exc:
+        excerpt = excerpt_of(msgspec.json.encode(data))
+        raise ProtocolError(
+            f"the manager's answer to {action!r} does not have the contract's shape ({exc!r}); "
+            f"it was: {excerpt}",
+            excerpt=excerpt,
+            close_code=None,
+            reason="unexpected reply shape",
+        ) from None
 
 
 def _transport_factory(name: str | TransportFactory | None) -> TransportFactory:

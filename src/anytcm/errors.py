@@ -11,7 +11,8 @@ TcmError
 │   ├── HandshakeRejected                   HTTP status instead of a WebSocket (.status_code)
 │   └── AuthError                           the manager refused the auth frame (.server_message)
 ├── ConnectionLost (ConnectionError)        an open connection died (.close_code, .reason)
-│   └── ServerShutdown                      SYSTEM_SHUTDOWN or close 1012: wait for /ready
+│   ├── ServerShutdown                      SYSTEM_SHUTDOWN or close 1012: wait for /ready
+│   └── ProtocolError                       the manager sent a frame that breaks the contract
 ├── RequestError                            one request failed; the connection is fine
 │   ├── InferenceFailed                     FAILED with a typed object (.code, .retriable, ...)
 │   ├── ContractError (ValueError)          FAILED with a string: fix the request
@@ -100,6 +101,32 @@ class ConnectionLost(TcmError, ConnectionError):
 
 class ServerShutdown(ConnectionLost):
     """The manager is shutting down (SYSTEM_SHUTDOWN, close 1012): reconnect after /ready."""
+
+
+class ProtocolError(ConnectionLost):
+    """The manager sent a frame this client cannot read: not JSON, wrong types, nested too deep.
+
+    Nothing on such a connection can be trusted any more, so the client closes it (1002) and
+    opens a new one; every request that was waiting on it fails at once with this error, which
+    quotes the start of what arrived (`excerpt`). A reply that decodes but whose `data` lacks
+    the action's shape (a management result without its keys) fails only its own call, with
+    `close_code` None: the connection stays. Not retried automatically: a manager that
+    answers one request with garbage is likely to answer its retry the same way.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        excerpt: str = "",
+        close_code: int | None = 1002,
+        reason: str = "",
+        outcome_unknown: bool = False,
+    ) -> None:
+        super().__init__(
+            message, close_code=close_code, reason=reason, outcome_unknown=outcome_unknown
+        )
+        self.excerpt = excerpt
 
 
 # -- one request fails ------------------------------------------------------------------
@@ -241,6 +268,7 @@ __all__ = (
     "ManagementFailed",
     "NotReady",
     "PayloadTooLarge",
+    "ProtocolError",
     "RequestError",
     "RequestTimeout",
     "ServerShutdown",

@@ -13,6 +13,7 @@ one, beyond that they get `Backpressure` at once instead of an unbounded queue.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,15 @@ from .transport import TransportFactory, TransportOptions
 
 logger = logging.getLogger("anytcm.pool")
 
+# Network failures as the layers under a transport raise them (anyio streams, ssl, sockets).
+_NETWORK_ERRORS = (
+    OSError,
+    anyio.EndOfStream,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    ssl.SSLError,
+)
+
 READY_POLL_INTERVAL = 0.25  # seconds between /ready checks while the manager answers 503
 
 
@@ -50,7 +60,7 @@ class PoolSettings:
     url: str
     size: int
     base_uuid: str
-    token: str | None
+    token: str | None = field(repr=False)  # a secret: never in a repr
     capabilities: tuple[str, ...] | None
     roles: tuple[str, ...] | None
     max_waiting: int
@@ -173,9 +183,17 @@ class Pool:
             except (ConnectError, ConnectionLost) as exc:
                 failure = exc
                 self.stats.connect_failures += 1
+            except _NETWORK_ERRORS as exc:
+                # What a socket or TLS stream raises, from a transport plugin (or gate) that did
+                # not translate it: still one failed attempt (backoff, then again), never the
+                # end of the client. Anything else is a bug or a configuration error: it ends
+                # `connect` at once, with its own message.
+                logger.error("connection %s failed untranslated: %r", uuid, exc, exc_info=exc)
+                failure = ConnectError(f"the connection failed: {exc!r}")
+                self.stats.connect_failures += 1
             if self._stopped():
                 return
-            self._last_failure = failure
+            self._last_failure = _without_tracebacks(failure)
             if self._gate is not None:
                 self._gate.forget()
             backoff.failed(anyio.current_time())
@@ -290,6 +308,12 @@ class Pool:
             session = self.take_idle()
             if session is not None:
                 return session
+            if anyio.current_time() >= deadline:
+                raise RequestTimeout(
+                    "no connection was free before the deadline "
+                    f"({self.settings.size} connections, all busy or reconnecting)",
+                    timeout=0.0,
+                )
             if len(self._waiters) >= self.settings.max_waiting:
                 raise Backpressure(
                     f"all {self.settings.size} connections are busy and {len(self._waiters)} "
@@ -366,6 +390,14 @@ class Pool:
         """Any open session for which `ready` holds (round-robin), waiting until one is."""
         while True:
             self._check_usable()
+            if anyio.current_time() >= deadline:
+                # Checked on every call, also when a session is free: a caller that loops
+                # (pick, send, not sent, pick) meets its deadline even if it never suspends.
+                raise RequestTimeout(
+                    f"no connection could take the {what} before the deadline "
+                    f"(last failure: {self._last_failure})",
+                    timeout=0.0,
+                )
             candidates = [s for s in self.sessions if not s.ended and not s.draining and ready(s)]
             if candidates:
                 self._rotation += 1
@@ -384,3 +416,19 @@ class Pool:
     def slot_freed(self) -> None:
         """An info or management slot of some session is free again."""
         self._notify()
+
+
+def _without_tracebacks(error: BaseException | None) -> BaseException | None:
+    """`error`, kept for later messages, without the tracebacks of it and its chain.
+
+    A traceback holds every frame it passed through, and with them the dead connection's
+    transport and buffers (after an over-limit reply, hundreds of MB). The pool remembers its
+    last failure for as long as it runs: it must remember what happened, not hold all that.
+    """
+    seen: set[int] = set()
+    link = error
+    while link is not None and id(link) not in seen and len(seen) < 32:
+        seen.add(id(link))
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+    return error

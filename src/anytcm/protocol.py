@@ -36,6 +36,7 @@ from .errors import (
     ContractError,
     Forbidden,
     InferenceFailed,
+    ProtocolError,
     RequestError,
     ServerShutdown,
     TcmError,
@@ -129,9 +130,20 @@ class StaleReply:
 
 @dataclass(frozen=True, slots=True)
 class ProtocolViolation:
-    """A frame that should not occur (malformed, or an envelope error for a frame we sent)."""
+    """A frame that should not occur but harms nothing pending (an envelope error for a frame
+    we sent, which names no request): logged, the connection stays."""
 
     detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedFrame:
+    """A frame this client cannot read, or a reply to a pending request that breaks the
+    contract: the connection must be closed, and everything pending on it fails with `error`
+    (the protocol's state is "closed" from here on; `connection_lost(error)` fails them).
+    """
+
+    error: ProtocolError
 
 
 Event: TypeAlias = (
@@ -146,6 +158,7 @@ Event: TypeAlias = (
     | Unsolicited
     | StaleReply
     | ProtocolViolation
+    | MalformedFrame
 )
 
 
@@ -271,12 +284,15 @@ class ClientProtocol:
         """Turn one inbound text frame into one event."""
         try:
             frame = self._decoder.decode(data)
-        except wire.FrameDecodeError as exc:
-            return ProtocolViolation(str(exc))
+        except Exception as exc:  # noqa: BLE001 - whatever a hostile frame makes a decoder raise
+            # FrameDecodeError for malformed JSON or types; RecursionError, MemoryError or a
+            # decoder's own error for hostile shapes. None of it may escape to the reader task.
+            detail = str(exc) if isinstance(exc, wire.FrameDecodeError) else repr(exc)
+            return self._malformed(f"a frame this client cannot decode ({detail})", data)
         if self.state == "authenticating":
             return self._receive_auth_reply(frame)
         if isinstance(frame, wire.InferenceReply):
-            return self._inference_frame(frame)
+            return self._inference_frame(frame, data)
         if isinstance(frame, wire.InfoResponse):
             return self._info_frame(frame)
         if isinstance(frame, wire.ManagementReply):
@@ -318,7 +334,7 @@ class ClientProtocol:
             return AuthRejected(error, uuid_conflict=conflict)
         return Unsolicited(frame)  # e.g. an alert racing the auth reply
 
-    def _inference_frame(self, frame: wire.InferenceReply) -> Event:
+    def _inference_frame(self, frame: wire.InferenceReply, raw: bytes) -> Event:
         if frame.uuid is not None and frame.uuid != self.uuid:
             return Unsolicited(frame)  # meant for an earlier connection that had another uuid
         status = frame.payload.status
@@ -341,7 +357,23 @@ class ClientProtocol:
         if status == "FAILED":
             self._inference = "idle"
             return RequestFailed("inference", None, failed_error(frame.payload))
-        return ProtocolViolation(f"unknown inference status {status!r}")
+        # The reply to the one inference in flight, with a status no rule covers: waiting on
+        # would only run out the deadline, and no later frame can be trusted to be its answer.
+        return self._malformed(f"an inference reply with the unknown status {status!r}", raw)
+
+    def _malformed(self, what: str, data: bytes) -> MalformedFrame:
+        """Close the protocol on a frame that breaks the contract; see `MalformedFrame`."""
+        self.state = "closed"
+        excerpt = excerpt_of(data)
+        return MalformedFrame(
+            ProtocolError(
+                f"the manager sent {what}; it began: {excerpt}. The connection was closed and is "
+                "being replaced; a manager that sends such frames is broken or is not a TCM "
+                "manager",
+                excerpt=excerpt,
+                reason="protocol error",
+            )
+        )
 
     def _info_frame(self, frame: wire.InfoResponse) -> Event:
         job_id = frame.payload.job_id
@@ -509,13 +541,35 @@ def _outcome_unknown(error: ConnectionLost, kind: Kind) -> ConnectionLost:
         if kind == "management"
         else "it is safe to send again"
     )
+    message = f"{error} — the {kind} request was in flight, so its outcome is unknown; {advice}"
+    if isinstance(error, ProtocolError):
+        return ProtocolError(
+            message,
+            excerpt=error.excerpt,
+            close_code=error.close_code,
+            reason=error.reason,
+            outcome_unknown=True,
+        )
     cls = type(error) if isinstance(error, ConnectionLost) else ConnectionLost
-    return cls(
-        f"{error} — the {kind} request was in flight, so its outcome is unknown; {advice}",
-        close_code=error.close_code,
-        reason=error.reason,
-        outcome_unknown=True,
-    )
+    return cls(message, close_code=error.close_code, reason=error.reason, outcome_unknown=True)
+
+
+_EXCERPT_BYTES = 120
+# A JSON member named "token" (an auth frame), its string value possibly cut off by a quote.
+_TOKEN_MEMBER = re.compile(r'("token"\s*:\s*)"(?:[^"\\]|\\.)*("|$)')
+
+
+def without_token(text: str) -> str:
+    """`text` with the value of any JSON "token" member replaced, for logs and messages."""
+    return _TOKEN_MEMBER.sub(r'\1"<redacted>"', text) if '"token"' in text else text
+
+
+def excerpt_of(data: bytes) -> str:
+    """The start of a frame, quoted for an error message: short, printable, never raising,
+    never a token (a peer that echoes our auth frame back must not put it in a log)."""
+    head = without_token(bytes(data[:_EXCERPT_BYTES]).decode("utf-8", errors="replace"))
+    more = f"... ({len(data)} bytes)" if len(data) > _EXCERPT_BYTES else ""
+    return repr(head) + more
 
 
 def failed_error(payload: wire.InferenceReplyPayload) -> RequestError:

@@ -125,6 +125,6 @@ def _describe(exc: BaseException) -> str:
 def _json_object(response: httpx.Response) -> dict[str, Any]:
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a hostile, deeply nested body
         return {}
     return body if isinstance(body, dict) else {}

@@ -9,7 +9,8 @@ classifier retries what cannot have been the request's fault and cannot do harm 
 * `TRITON_CIRCUIT_OPEN` (after `retry_after_seconds`) and codes the manager marked retriable.
 
 It never retries contract errors (FAILED strings), 413, shape mismatches, SHM errors, auth
-errors, invalid input, or a request that ran out of time.
+errors, invalid input, a request that ran out of time, or a `ProtocolError` (a manager that
+answered with a frame the client cannot read would likely answer the retry the same way).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .errors import Backpressure, ConnectionLost, InferenceFailed
+from .errors import Backpressure, ConnectionLost, InferenceFailed, ProtocolError
 
 RETRIED_BACKPRESSURE = frozenset({"BACKPRESSURE_QUEUE_FULL", "BACKPRESSURE_EXECUTOR_FULL"})
 NEVER_RETRIED_CODES = frozenset(
@@ -38,6 +39,8 @@ Classifier = Callable[[BaseException], "Retry | None"]
 
 def default_classifier(error: BaseException) -> Retry | None:
     """The decision for one failed attempt: `Retry(...)` or None (raise it)."""
+    if isinstance(error, ProtocolError):
+        return None
     if isinstance(error, ConnectionLost):
         return Retry()
     if isinstance(error, Backpressure):

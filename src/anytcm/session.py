@@ -20,7 +20,14 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from . import wire
 from ._oneshot import Timers, new_timers
-from .errors import AuthError, ConnectError, ConnectionLost, RequestTimeout, TcmError
+from .errors import (
+    AuthError,
+    ConnectError,
+    ConnectionLost,
+    ProtocolError,
+    RequestTimeout,
+    TcmError,
+)
 from .protocol import (
     AuthAccepted,
     AuthRejected,
@@ -30,11 +37,13 @@ from .protocol import (
     InferenceCompleted,
     InferenceProgress,
     InfoCompleted,
+    MalformedFrame,
     ManagementCompleted,
     ProtocolViolation,
     RequestFailed,
     StaleReply,
     Unsolicited,
+    excerpt_of,
 )
 from .transport import MessageSink, Transport, TransportFactory, TransportOptions
 
@@ -89,9 +98,15 @@ class Session:
         self._management: dict[str, _Waiter] = {}
         self._ending: ConnectionLost | None = None  # what the server said before closing
         self.closed = anyio.Event()
-        # `closed.is_set()`, read without a call into anyio (on trio, two per check): the hot
-        # paths ask it a few times per request.
+        # False until the connection is known to be over: closed, or a send found the transport
+        # ended before the reader noticed. Read without a call into anyio (on trio, two per
+        # check): the hot paths ask it a few times per request. A session that has ended is
+        # never picked again, so a retry loop cannot keep choosing it.
         self.ended = False
+        self._lost = False  # `_lose` ran: frames still arriving are dropped
+        self._send_failure: ConnectionLost | None = None
+        # The close frame this side sends when the session ends (1002 after a malformed frame).
+        self.close_with: tuple[int, str] = (1000, "")
         self._settled = anyio.Event()  # set when an abandoned inference's late answer arrived
         self.close_error: ConnectionLost | None = None
         self.stale_replies = 0
@@ -146,18 +161,51 @@ class Session:
         try:
             if isinstance(transport, MessageSink):
                 transport.deliver_to(self._receive)
-            while True:
+            while not self._lost:
                 self._receive(await transport.receive())
         except ConnectionLost as exc:
             error = self._ending or exc
             if self._ending is not None and exc.close_code is not None:
                 error.close_code = exc.close_code
             self._lose(error)
+        except Exception as exc:  # noqa: BLE001 - a transport plugin's untranslated error
+            # The transport contract says ConnectionLost; anything else must still end this
+            # connection alone (and be replaced), never the client's task group.
+            logger.error("the transport of %s failed: %r", self.uuid, exc)
+            self._lose(
+                ConnectionLost(
+                    f"the connection failed in its transport ({exc!r}); reconnecting",
+                    close_code=1006,
+                )
+            )
 
     def _receive(self, data: bytes) -> None:
-        self._dispatch(self.protocol.receive(data))
+        """Handle one inbound message (in the reader task, or in the transport's callback)."""
+        if self._lost:
+            return  # the connection is being closed: nothing more is routed
+        try:
+            self._dispatch(self.protocol.receive(data))
+        except Exception as exc:
+            logger.exception("failed to handle a frame on %s", self.uuid)
+            self._violated(
+                ProtocolError(
+                    f"the client could not handle a frame from the manager ({exc!r}); the "
+                    "connection was closed and is being replaced",
+                    excerpt=excerpt_of(data),
+                    reason="protocol error",
+                )
+            )
+
+    def _violated(self, error: ProtocolError) -> None:
+        """The manager broke the contract: fail everything pending now, close with 1002."""
+        logger.error("protocol error on %s: %s", self.uuid, error)
+        self.close_with = (1002, "protocol error")
+        self._lose(error)
 
     def _lose(self, error: ConnectionLost) -> None:
+        if self._lost:
+            return
+        self._lost = True
         self.close_error = error
         for failed in self.protocol.connection_lost(error):
             self._dispatch(failed)
@@ -192,6 +240,8 @@ class Session:
             logger.debug("dropped the late %s reply of an abandoned request", event.kind)
         elif isinstance(event, Unsolicited):
             self._on_unsolicited(event.frame)
+        elif isinstance(event, MalformedFrame):
+            self._violated(event.error)
         elif isinstance(event, ProtocolViolation):
             logger.error("protocol violation on %s: %s", self.uuid, event.detail)
         elif isinstance(event, AuthAccepted | AuthRejected):
@@ -218,18 +268,21 @@ class Session:
 
     async def _send(self, frame: bytes) -> None:
         if self.ended:
-            assert self.close_error is not None
-            raise NotSent(
-                f"not sent: {self.close_error}",
-                close_code=self.close_error.close_code,
-                reason=self.close_error.reason,
-            )
+            ended = self.close_error or self._send_failure
+            assert ended is not None
+            raise NotSent(f"not sent: {ended}", close_code=ended.close_code, reason=ended.reason)
         # No shield here (it costs more than the write): the transport raises a pending
         # cancellation before writing anything, and fails the connection if a write is cut
         # part-way, so a half-written frame can never be followed by another frame.
         try:
             await self._transport.send_text(frame)
         except ConnectionLost as exc:
+            # The transport has ended, though the reader may not have run yet to say so: mark
+            # the session ended now, or the pool would hand it out again at once (a retry loop
+            # choosing it over and over without ever suspending).
+            self.ended = True
+            if self._send_failure is None:
+                self._send_failure = exc
             if exc.outcome_unknown:
                 raise  # the manager may have the frame: only the caller may decide to resend
             raise NotSent(f"not sent: {exc}", close_code=exc.close_code, reason=exc.reason) from exc
@@ -372,7 +425,7 @@ async def open_session(
             if not session.closed.is_set():
                 session._lose(ConnectionLost("connection closed by the client", close_code=1000))
             with anyio.CancelScope(shield=True):
-                await transport.aclose()
+                await transport.aclose(*session.close_with)
 
 
 async def _authenticate(
@@ -395,6 +448,10 @@ async def _authenticate(
                 event = protocol.receive(data)
                 if isinstance(event, AuthAccepted):
                     return
+                if isinstance(event, MalformedFrame):
+                    raise ConnectError(
+                        f"the manager's answer to the auth frame broke the contract: {event.error}"
+                    )
                 if isinstance(event, AuthRejected):
                     error = event.error
                     if event.uuid_conflict:

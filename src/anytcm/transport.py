@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import anyio
 
-from .errors import ConnectError, ConnectionLost
+from .errors import ConnectError, ConnectionLost, ServerShutdown
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -43,6 +43,9 @@ CLOSE_CODE_HINTS: dict[int, str] = {
 }
 
 
+_SERVICE_RESTART = 1012
+
+
 def connection_lost(
     url: str, end: tuple[int, str] | None, *, outcome_unknown: bool = False
 ) -> ConnectionLost:
@@ -61,7 +64,10 @@ def connection_lost(
     code, reason = end
     detail = f" ({reason})" if reason else ""
     hint = CLOSE_CODE_HINTS.get(code, "reconnect")
-    return ConnectionLost(
+    # 1012 is the manager restarting, whether or not a SYSTEM_SHUTDOWN frame came first: the
+    # same error, and the same backoff floor, either way.
+    cls = ServerShutdown if code == _SERVICE_RESTART else ConnectionLost
+    return cls(
         f"the WebSocket connection to {url} closed with code {code}{detail}: {hint}",
         close_code=code,
         reason=reason,
@@ -119,7 +125,8 @@ class TransportOptions:
     """
 
     ssl_context: ssl.SSLContext | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
+    # May carry credentials (a proxy's Authorization header): never in a repr.
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     open_timeout: float = 10.0
     ping_interval: float | None = 20.0
