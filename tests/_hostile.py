@@ -28,6 +28,11 @@ from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
 Script = Callable[["Peer"], None]
+HttpAnswer = Callable[[str], tuple[int, bytes]]  # path -> (status, body), for /ready and /health
+
+
+def ready(path: str) -> tuple[int, bytes]:
+    return 200, b'{"status":"ready"}'
 
 # The server's own frame log would show the client's token (it receives it): kept quiet, so a
 # test of what the *client* logs reads the client's records only.
@@ -42,9 +47,10 @@ class PeerClosed(Exception):
 class Peer:
     """One client connection, seen from the server side."""
 
-    def __init__(self, sock: socket.socket, index: int) -> None:
+    def __init__(self, sock: socket.socket, index: int, http: HttpAnswer = ready) -> None:
         self.sock = sock
         self.index = index  # 0 for the first connection this server accepted, then 1, 2, ...
+        self._http = http
         self.protocol = ServerProtocol(max_size=None, logger=_SERVER_LOGGER)
         self.auth: dict[str, Any] = {}
         self._pending: list[Frame] = []
@@ -61,14 +67,22 @@ class Peer:
             for event in self.protocol.events_received():
                 if isinstance(event, Request):
                     if event.headers.get("Upgrade", "").lower() != "websocket":
-                        response = self.protocol.reject(200, '{"status":"ready"}')
-                        self.protocol.send_response(response)
-                        self._flush()
+                        self._answer_http(event.path)
                         return False
                     self.protocol.send_response(self.protocol.accept(event))
                     self._flush()
                     return True
             self._read()
+
+    def _answer_http(self, path: str) -> None:
+        # Written by hand, the body as given: a test may hand over tens of MB built once.
+        status, body = self._http(path)
+        head = (
+            f"HTTP/1.1 {status} Answer\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        self.sock.sendall(head.encode())
+        self.sock.sendall(body)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -191,8 +205,10 @@ class HostileServer:
         *,
         ssl_context: ssl.SSLContext | None = None,
         authenticate: bool = True,
+        http: HttpAnswer = ready,
     ) -> None:
         self._script = script
+        self._http = http
         self._ssl = ssl_context
         self._authenticate = authenticate
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -246,7 +262,7 @@ class HostileServer:
                     self._sockets.append(sock)
             with self._lock:
                 index = self.connections
-            peer = Peer(sock, index)
+            peer = Peer(sock, index, self._http)
             if not peer.handshake():
                 return
             with self._lock:

@@ -438,6 +438,35 @@ async def test_no_object_reachable_from_the_client_shows_the_token() -> None:
             assert "token" not in repr(tcm._pool.settings)
 
 
+# -- the readiness gate reads what answers /ready with bounds -------------------------------
+
+HUGE_BODY = b" " * (32 << 20)  # built once, before any measurement
+
+
+async def test_a_huge_ready_answer_is_read_only_in_part() -> None:
+    with HostileServer(serve_well, http=lambda path: (200, HUGE_BODY)) as server:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            async with client_of(server.url, ready_check=True) as tcm:
+                stats = await tcm.info.queue_stats()
+                assert stats.total_users == 1
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 8 << 20, f"the gate buffered {peak} bytes of a 32 MiB /ready answer"
+
+
+async def test_a_deeply_nested_ready_answer_is_not_ready() -> None:
+    body = b'{"status":' + nested(100_000) + b"}"
+    server = HostileServer(serve_well, http=lambda path: (503, body))
+    with server, pytest.raises(anytcm.ConnectError) as caught:
+        async with client_of(server.url, ready_check=True, connect_timeout=1.0):
+            pass
+    no_group(caught.value)
+    assert isinstance(caught.value.__cause__, anytcm.NotReady)
+
+
 # -- the error tree holds for whatever a backend raises ---------------------------------------
 
 

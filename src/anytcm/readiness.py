@@ -7,6 +7,7 @@ is what tells "starting/broken" apart from "gone" in logs and errors.
 
 from __future__ import annotations
 
+import json
 import logging
 import ssl
 from dataclasses import dataclass
@@ -89,24 +90,24 @@ class ReadinessGate:
             base_url=self.base_url, verify=self._verify, timeout=self._timeout
         ) as http:
             try:
-                response = await http.get("/ready")
+                status, text = await _get(http, "/ready")
             except httpx.HTTPError as exc:
                 return ReadyState(False, None, {}, False, f"GET /ready failed: {_describe(exc)}")
-            body = _json_object(response)
-            if response.status_code == 200:
+            body = _json_object(text)
+            if status == 200:
                 return ReadyState(True, 200, body, True, "ready")
             try:
-                health = await http.get("/health")
-                process_up = health.status_code == 200
+                health, _ = await _get(http, "/health")
+                process_up = health == 200
             except httpx.HTTPError:
                 process_up = False
             detail = (
-                f"GET /ready answered {response.status_code}, reason={body.get('reason')!r}, "
+                f"GET /ready answered {status}, reason={body.get('reason')!r}, "
                 f"error_id={body.get('error_id')!r}; the process is "
                 f"{'up' if process_up else 'not answering /health'}"
             )
             logger.warning("manager not ready: %s", detail)
-            return ReadyState(False, response.status_code, body, process_up, detail)
+            return ReadyState(False, status, body, process_up, detail)
 
 
 def _describe(exc: BaseException) -> str:
@@ -122,9 +123,28 @@ def _describe(exc: BaseException) -> str:
     return " <- ".join(parts)
 
 
-def _json_object(response: httpx.Response) -> dict[str, Any]:
+# The most of a /ready or /health body read: the manager's are a few dozen bytes, and whatever
+# answers in its place (a proxy's error page, a hostile peer) must not make the gate buffer more.
+_BODY_LIMIT = 16384
+
+
+async def _get(http: httpx.AsyncClient, path: str) -> tuple[int, bytes]:
+    """GET `path`: the status, and the body when it declares a length of at most `_BODY_LIMIT`.
+
+    The status is what decides; the body only adds the manager's `reason` and `error_id`, and
+    the manager always sends a Content-Length. Anything else (no length, a longer one) is not
+    read at all: stopping part-way through httpx's body iterators leaves them unfinished.
+    """
+    async with http.stream("GET", path) as response:
+        length = response.headers.get("content-length", "")
+        if length.isdigit() and int(length) <= _BODY_LIMIT:
+            return response.status_code, await response.aread()
+        return response.status_code, b""
+
+
+def _json_object(text: bytes) -> dict[str, Any]:
     try:
-        body = response.json()
+        body = json.loads(text)
     except (ValueError, RecursionError):  # RecursionError: a hostile, deeply nested body
         return {}
     return body if isinstance(body, dict) else {}
