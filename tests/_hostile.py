@@ -34,6 +34,7 @@ HttpAnswer = Callable[[str], tuple[int, bytes]]  # path -> (status, body), for /
 def ready(path: str) -> tuple[int, bytes]:
     return 200, b'{"status":"ready"}'
 
+
 # The server's own frame log would show the client's token (it receives it): kept quiet, so a
 # test of what the *client* logs reads the client's records only.
 _SERVER_LOGGER = logging.getLogger("tests.hostile_server")
