@@ -232,6 +232,47 @@ async def test_a_reply_without_the_actions_shape_is_a_protocol_error(
     assert not server.errors
 
 
+# -- a stream whose reader falls behind is failed, not buffered without bound ----------------
+
+
+def _flood_stream(peer: Peer) -> None:
+    while True:
+        request = peer.recv_frame()
+        if request.get("payload", {}).get("request", {}).get("protocol") != "grpc":
+            peer.send(peer.inference_reply({"OUTPUT0": [1.0, 2.0]}))
+            continue
+        frames: list[bytes | str | dict[str, Any]] = [peer.inference_reply(None, "START")]
+        frames += [peer.inference_reply(f"token {i}", "ONGOING") for i in range(10_000)]
+        frames.append(peer.inference_reply(None, "COMPLETED"))
+        peer.send(*frames)
+
+
+async def test_a_stream_read_too_slowly_fails_instead_of_buffering(
+    hostile: Callable[[Script], HostileServer], endpoint: Endpoint
+) -> None:
+    text = np.array([b"a"], dtype=object)
+    with hostile(_flood_stream) as server:
+        async with client_of(server.url, endpoint) as tcm:
+            received = 0
+
+            async def read_slowly() -> None:
+                nonlocal received
+                async with tcm.infer_stream("m", {"TEXT": text}, target=TARGET) as stream:
+                    await anyio.sleep(1.0)  # a consumer busy elsewhere while 10,000 arrive
+                    async for _ in stream:
+                        received += 1
+
+            with pytest.raises(anytcm.Backpressure) as caught:
+                await read_slowly()
+            assert caught.value.code == "CLIENT_STREAM_BEHIND"
+            assert received <= 4096  # what was buffered is delivered, nothing beyond
+            # The connection settles once the stream's COMPLETED arrives, and serves again.
+            result = await tcm.infer("m", {"INPUT0": X}, target=TARGET)
+            assert result.as_numpy("OUTPUT0").tolist() == [1.0, 2.0]
+            assert server.connections == 1
+    assert not server.errors
+
+
 # -- A1: a session whose transport ended is never picked again --------------------------------
 
 

@@ -781,8 +781,9 @@ class InferStream:
             self._observed(timed_out)
             raise timed_out from None
         except anyio.EndOfStream:
+            ended = self._session.stream_error if self._session is not None else None
             self._abandon()
-            closed = ClientClosed("the stream was closed")
+            closed = ended or ClientClosed("the stream was closed")
             self._observed(closed)
             raise closed from None
         except BaseException as exc:

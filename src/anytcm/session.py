@@ -9,7 +9,6 @@ cancellation) is *abandoned* in the protocol, so its late answer is recognised a
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,6 +21,7 @@ from . import wire
 from ._oneshot import Timers, new_timers
 from .errors import (
     AuthError,
+    Backpressure,
     ConnectError,
     ConnectionLost,
     ProtocolError,
@@ -76,6 +76,9 @@ class _Waiter:
 
 StreamItem = InferenceProgress | InferenceCompleted | TcmError
 
+STREAM_BUFFER = 4096
+"""Unread frames a streamed inference may hold before it is failed (see `Session._to_stream`)."""
+
 
 class Session:
     """An open, authenticated connection. Created by `open_session`."""
@@ -108,6 +111,7 @@ class Session:
         # The close frame this side sends when the session ends (1002 after a malformed frame).
         self.close_with: tuple[int, str] = (1000, "")
         self._settled = anyio.Event()  # set when an abandoned inference's late answer arrived
+        self.stream_error: TcmError | None = None  # why the current stream ended early
         self.close_error: ConnectionLost | None = None
         self.stale_replies = 0
         self.draining = False  # takes no new requests; closed once the pending ones are done
@@ -215,10 +219,7 @@ class Session:
     def _dispatch(self, event: Event) -> None:
         if isinstance(event, InferenceCompleted | InferenceProgress):
             if self._stream is not None:
-                self._stream.send_nowait(event)  # unbounded: the reader never blocks
-                if isinstance(event, InferenceCompleted):
-                    self._stream.close()  # the receiver still drains what was sent
-                    self._stream = None
+                self._to_stream(event, last=isinstance(event, InferenceCompleted))
             elif self._inference is not None and isinstance(event, InferenceCompleted):
                 self._inference.resolve(event)
         elif isinstance(event, InfoCompleted):
@@ -247,12 +248,39 @@ class Session:
         elif isinstance(event, AuthAccepted | AuthRejected):
             logger.error("unexpected auth reply on an open connection %s", self.uuid)
 
+    def _to_stream(self, item: StreamItem, *, last: bool) -> None:
+        """Hand a stream's frame, or the error that ends it, to its reader; never blocks.
+
+        The reader task must never wait on a stream's consumer, and a manager may send frames
+        faster than the consumer reads them: past `STREAM_BUFFER` unread frames the stream
+        fails (`stream_error`) instead of buffering without bound, and the rest of its frames
+        are dropped as the late answer of an abandoned request.
+        """
+        stream = self._stream
+        assert stream is not None
+        try:
+            stream.send_nowait(item)
+        except anyio.WouldBlock:
+            self.stream_error = (
+                item
+                if isinstance(item, TcmError)
+                else Backpressure(
+                    f"the stream's reader fell {STREAM_BUFFER} frames behind the manager, so "
+                    "the stream was given up; consume it faster (e.g. in a task of its own)",
+                    code="CLIENT_STREAM_BEHIND",
+                    dropped_type="inference",
+                )
+            )
+            self.protocol.abandon_inference()  # a no-op if this frame was the last one
+            last = True
+        if last:
+            stream.close()  # the reader still drains what was sent, then sees the end
+            self._stream = None
+
     def _fail(self, event: RequestFailed) -> None:
         if event.kind == "inference":
             if self._stream is not None:
-                self._stream.send_nowait(event.error)
-                self._stream.close()
-                self._stream = None
+                self._to_stream(event.error, last=True)
             elif self._inference is not None:
                 self._inference.resolve(error=event.error)
         elif event.kind == "info":
@@ -342,8 +370,9 @@ class Session:
     ) -> tuple[bytes, MemoryObjectReceiveStream[StreamItem]]:
         """Start a streamed inference; frames arrive on the returned stream until COMPLETED."""
         frame = self.protocol.send_inference(payload)
-        send, receive = anyio.create_memory_object_stream[StreamItem](math.inf)
+        send, receive = anyio.create_memory_object_stream[StreamItem](STREAM_BUFFER)
         self._stream = send
+        self.stream_error = None
         return frame, receive
 
     async def send_stream_request(self, frame: bytes) -> None:
