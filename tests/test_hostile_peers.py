@@ -211,6 +211,8 @@ def _shapeless_replies(peer: Peer) -> None:
             action = request["payload"]["action"]
             data: Any = {"create_vm": "not-a-pair", "create_server": {"inputs": 7}}[action]
             peer.send({**request, "payload": {"status": True, "data": data}})
+        elif request.get("type") == "inference":  # a pipeline: {step: {output: value}} expected
+            peer.send(peer.inference_reply({"m": [1, 2]}))
 
 
 async def test_a_reply_without_the_actions_shape_is_a_protocol_error(
@@ -228,6 +230,8 @@ async def test_a_reply_without_the_actions_shape_is_a_protocol_error(
                 await tcm.management.create_server(
                     vm_id="v", vm_ip="127.0.0.1", container_id="c", triton={}
                 )
+            with pytest.raises(anytcm.ProtocolError, match="pipeline"):
+                await tcm.pipeline([("m", {"INPUT0": X})], target=TARGET)
             assert server.connections == 1
     assert not server.errors
 

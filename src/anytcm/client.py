@@ -618,9 +618,11 @@ class AsyncClient:
         results: dict[str, InferResult] = {}
         for key, step_outputs in (completed.outputs or {}).items():
             model = next((s.model_name for s in wire_steps if (s.name or s.model_name) == key), key)
+            with reply_shape("pipeline", completed.outputs):
+                outputs = wire.decode_raw_dict(step_outputs)
             results[key] = InferResult(
                 model,
-                wire.decode_raw_dict(step_outputs),
+                outputs,
                 dict((output_dtypes or {}).get(key, {})),
                 self.model_spec(model, target),
             )
@@ -1007,7 +1009,8 @@ def reply_shape(action: str, data: Any) -> Iterator[None]:
         TypeError,
         ValueError,
         AttributeError,
-        msgspec.ValidationError,
+        RecursionError,
+        msgspec.DecodeError,  # ValidationError too
     ) as exc:
         excerpt = excerpt_of(msgspec.json.encode(data))
         raise ProtocolError(
