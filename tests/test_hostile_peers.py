@@ -483,6 +483,28 @@ async def test_no_object_reachable_from_the_client_shows_the_token() -> None:
             assert "token" not in repr(tcm._pool.settings)
 
 
+# -- a peer that refuses every uuid gets a paced client, not a reconnect storm ---------------
+
+
+def _every_uuid_taken(peer: Peer) -> None:
+    request = peer.recv_frame()
+    message = f"UUID '{request.get('uuid')}' is already connected"
+    peer.send({"type": "error", "payload": {"message": message}}, close=1008)
+
+
+async def test_a_peer_refusing_every_uuid_gets_backoff_not_a_storm() -> None:
+    server = HostileServer(_every_uuid_taken, authenticate=False)
+    with server, pytest.raises(anytcm.ConnectError) as caught:
+        async with client_of(
+            server.url, connect_timeout=1.5, backoff=lambda: Backoff(base=0.05, cap=0.2)
+        ):
+            pass
+    no_group(caught.value)
+    # One immediate retry per conflict, then the backoff (50 ms doubling to 200 ms): a few
+    # dozen attempts in 1.5 s at most (seen: ~20). Without the pause: 225-540 here.
+    assert 2 <= server.connections < 60, server.connections
+
+
 # -- the readiness gate reads what answers /ready with bounds -------------------------------
 
 HUGE_BODY = b" " * (32 << 20)  # built once, before any measurement

@@ -165,6 +165,7 @@ class Pool:
     async def _supervise(self, slot: int) -> None:
         backoff = self.settings.backoff()
         generation = 0
+        conflicted = False  # the previous attempt ended in a uuid conflict
         while not self._stopped():
             generation += 1
             uuid = f"{self.settings.base_uuid}-{slot}-{generation}"
@@ -173,7 +174,10 @@ class Pool:
             try:
                 failure = await self._serve_one(uuid, backoff, slot)
             except UuidConflict as exc:
-                failure, retry_now = exc, True  # the next generation is a fresh uuid
+                # The next generation is a fresh uuid, so one conflict is retried at once; a
+                # second in a row means the uuids are not the problem (or the peer lies about
+                # them): back off like any failure, never a reconnect loop without a pause.
+                failure, retry_now = exc, not conflicted
             except AuthError as exc:
                 self._fatal = exc
                 self._fail_waiters(exc)
@@ -193,6 +197,7 @@ class Pool:
                 self.stats.connect_failures += 1
             if self._stopped():
                 return
+            conflicted = isinstance(failure, UuidConflict)
             self._last_failure = _without_tracebacks(failure)
             if self._gate is not None:
                 self._gate.forget()
