@@ -277,6 +277,36 @@ async def test_a_stream_read_too_slowly_fails_instead_of_buffering(
     assert not server.errors
 
 
+# -- A4: a hostile output value is refused at once, in linear time ----------------------------
+
+
+def _deep_outputs(peer: Peer) -> None:
+    """~200 KiB replies: too big for the one-pass decoder, so the value reaches the codec."""
+    deep = nested(100_000)
+    ragged = b"[" + b",".join(nested(d % 40 + 1) for d in range(12_000)) + b"]"
+    for value in (deep, ragged):
+        peer.recv_frame()
+        head = json.dumps(peer.inference_reply({"OUTPUT0": "@"})).encode()
+        peer.send(head.replace(b'"@"', value))
+    serve_well(peer)
+
+
+async def test_a_hostile_output_value_is_refused_at_once(
+    hostile: Callable[[Script], HostileServer], endpoint: Endpoint
+) -> None:
+    with hostile(_deep_outputs) as server:
+        async with client_of(server.url, endpoint) as tcm:
+            for _ in range(2):
+                result = await tcm.infer("m", {"INPUT0": X}, target=TARGET)
+                started = anyio.current_time()
+                with pytest.raises(anytcm.InvalidInput):
+                    result.as_numpy("OUTPUT0")
+                # Before: 4-50 s of CPU with the event loop blocked. The bound is generous.
+                assert anyio.current_time() - started < 2
+            assert server.connections == 1  # a bad value is the call's problem, not the link's
+    assert not server.errors
+
+
 # -- A1: a session whose transport ended is never picked again --------------------------------
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -860,3 +862,215 @@ def test_parsed_float_lists_are_packed_and_checked() -> None:
     with pytest.raises(InvalidInput, match="range"):
         decode_output([1.0, 3.4028236e38], "FP32")
     assert decode_output([2**63 + 1], "UINT64")[0] == 2**63 + 1  # ints stay exact
+
+
+# -- hostile nesting ---------------------------------------------------------------------------
+# A reply may nest its values arbitrarily deep. Nothing deeper than `_MAX_RANK` lists (numpy's
+# limit) can be an array, and nothing deeper than a declared shape's rank plus a batch level
+# can fit it: `decode_output` refuses such values before parsing them, and the work it does on
+# any value grows no faster than the value's size.
+
+MAX_RANK = tensors._MAX_RANK
+
+
+def nested(depth: int, leaf: bytes = b"1", space: bytes = b"") -> bytes:
+    return (b"[" + space) * depth + leaf + (space + b"]") * depth
+
+
+def nested_list(depth: int, leaf: Any = 1.0) -> Any:
+    value = leaf
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+# Values nested deep from their first byte, or further on: each builds from a depth.
+_DEEP_TEXTS: dict[str, Callable[[int], bytes]] = {
+    "leading": lambda n: nested(n),
+    "spaced": lambda n: nested(n, space=b" \n"),
+    "strings": lambda n: nested(n, b'"a"'),
+    "wide": lambda n: nested(n, b",".join([b"1.5"] * 1000)),
+    "siblings": lambda n: b"[" + b",".join([nested(n)] * 3) + b"]",
+    "late": lambda n: b"[1," + nested(n) + b"]",
+    "middle": lambda n: b"[[1,2],[3," + nested(n) + b"]]",
+}
+_DEEP_LISTS: dict[str, Callable[[int], Any]] = {
+    "leading": lambda n: nested_list(n),
+    "late": lambda n: [1.0, nested_list(n)],
+    "middle": lambda n: [[1, 2], [3, nested_list(n)]],
+}
+
+
+def text_forms(text: bytes) -> list[Any]:
+    return [text, text.decode(), msgspec.Raw(text), memoryview(text)]
+
+
+@pytest.mark.parametrize("shape", [None, [2, 2]])
+@pytest.mark.parametrize("dtype", [None, "FP32", "FP64", "INT64", "BYTES"])
+@pytest.mark.parametrize("depth", [2_000, 100_000])  # 4 KiB: the small path; 200 KiB: pieces
+@pytest.mark.parametrize("kind", list(_DEEP_TEXTS))
+def test_deep_text_is_refused_with_the_typed_error(
+    kind: str, depth: int, dtype: str | None, shape: list[int] | None
+) -> None:
+    limit = MAX_RANK if shape is None else len(shape) + 1
+    for raw in text_forms(_DEEP_TEXTS[kind](depth)):
+        with pytest.raises(InvalidInput, match=f"nested more than {limit} lists deep") as info:
+            decode_output(raw, dtype, shape)
+        assert info.value.expected == limit
+        assert info.value.given > limit
+        if shape is not None:
+            assert "[2, 2]" in str(info.value)
+
+
+@pytest.mark.parametrize("shape", [None, [2, 2]])
+@pytest.mark.parametrize("dtype", [None, "FP32", "FP64", "INT64", "BYTES"])
+@pytest.mark.parametrize("depth", [2_000, 100_000])
+@pytest.mark.parametrize("kind", list(_DEEP_LISTS))
+def test_deep_parsed_numbers_are_refused_with_the_typed_error(
+    kind: str, depth: int, dtype: str | None, shape: list[int] | None
+) -> None:
+    """Lists nested deeper than the interpreter's recursion limit included: no RecursionError
+    (nor struct.error) escapes."""
+    limit = MAX_RANK if shape is None else len(shape) + 1
+    with pytest.raises(InvalidInput, match=f"nested more than {limit} lists deep") as info:
+        decode_output(_DEEP_LISTS[kind](depth), dtype, shape)
+    assert info.value.expected == limit
+
+
+@pytest.mark.parametrize("dtype", [None, "FP32", "INT64", "BYTES"])
+def test_nesting_one_level_beyond_numpy_is_refused_and_up_to_it_decodes(
+    dtype: str | None,
+) -> None:
+    """Before, a regular value one list deeper than numpy allows made numpy raise a bare
+    ValueError."""
+    leaf = b'"a"' if dtype == "BYTES" else b"1"
+    at_limit = b"[" + nested(MAX_RANK - 1, leaf) + b"," + nested(MAX_RANK - 1, leaf) + b"]"
+    out = decode_output(at_limit, dtype)
+    assert out.shape == (2,) + (1,) * (MAX_RANK - 1)
+    with pytest.MonkeyPatch.context() as patch:  # the same through the pieces path
+        patch.setattr(tensors, "_PIECE_BYTES", 8)
+        assert decode_output(at_limit, dtype).shape == out.shape
+    beyond = b"[" + at_limit + b"]"
+    for raw in (beyond, orjson.loads(beyond)):
+        with pytest.raises(InvalidInput, match=f"nested more than {MAX_RANK} lists deep"):
+            decode_output(raw, dtype)
+
+
+def test_a_declared_shape_takes_its_rank_plus_a_batch_level() -> None:
+    """Model config dims leave out the batch dimension: one extra level is accepted."""
+    assert decode_output(b"[[1.5, 2.5]]", "FP32", [2]).shape == (2,)
+    batch_of_one: Any = [[1.5, 2.5]]  # nested lists: not what the frame decoder hands over
+    assert decode_output(batch_of_one, "FP32", [2]).shape == (2,)
+    assert decode_output(b"[[[1]]]", "INT8", [1, 1]).shape == (1, 1)
+    assert decode_output(b"[7]", "INT8", []).shape == ()
+    too_deep: list[Any] = [b"[[[1.5, 2.5]]]", [[[1.5, 2.5]]], b"[ [ [1.5, 2.5] ] ]"]
+    for raw in too_deep:
+        with pytest.raises(InvalidInput, match="nested more than 2 lists deep") as info:
+            decode_output(raw, "FP32", [2])
+        assert "shape [2]" in str(info.value)
+    with pytest.raises(InvalidInput, match="nested deeper than the first"):
+        decode_output(b"[[1.5, [[2.5]]]]", "FP32", [2])  # deeper further on: not an array
+    with pytest.raises(InvalidInput, match="nested more than 1 lists deep"):
+        decode_output(b"[[7]]", "INT8", [])
+
+
+@pytest.mark.parametrize("dtype", [None, "FP32", "INT64"])
+@pytest.mark.parametrize("piece_bytes", [None, 64])
+def test_ragged_deep_nesting_is_refused(dtype: str | None, piece_bytes: int | None) -> None:
+    ladder = b"[" + b",".join(nested(k) for k in range(1, 200)) + b"]"  # [[1],[[1]],...]
+    deep_first = b"[" + nested(500) + b",[2]]"
+    deep_in_rows = b"[" + b",".join([b"[1,2]"] * 50 + [b"[3," + nested(600) + b"]"]) + b"]"
+    with pytest.MonkeyPatch.context() as patch:
+        if piece_bytes is not None:
+            patch.setattr(tensors, "_PIECE_BYTES", piece_bytes)
+        for raw in (ladder, deep_in_rows):
+            with pytest.raises(InvalidInput, match="nested deeper than the first"):
+                decode_output(raw, dtype)
+        with pytest.raises(InvalidInput, match=f"nested more than {MAX_RANK} lists deep"):
+            decode_output(deep_first, dtype)
+
+
+class Work:
+    """What `decode_output` does, counted deterministically rather than timed: the calls
+    (Python functions of `anytcm.tensors` entered, and C functions they call, as seen by a
+    profile hook) and the bytes handed to orjson to parse."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.parsed = 0
+
+    def profile(self, frame: Any, event: str, arg: Any) -> None:
+        if frame.f_code.co_filename == tensors.__file__ and event in ("call", "c_call"):
+            self.calls += 1
+
+
+def measure(raw: Any, dtype: str | None, shape: list[int] | None = None) -> Work:
+    work = Work()
+    loads = orjson.loads
+
+    def counting_loads(text: Any) -> Any:
+        work.parsed += len(text)
+        return loads(text)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(orjson, "loads", counting_loads)
+        previous = sys.getprofile()
+        sys.setprofile(work.profile)
+        try:
+            decode_output(raw, dtype, shape)
+        except InvalidInput:
+            pass
+        finally:
+            sys.setprofile(previous)
+    return work
+
+
+@pytest.mark.parametrize("shape", [None, [3, 4]])
+@pytest.mark.parametrize("dtype", [None, "FP32", "INT64", "BYTES"])
+@pytest.mark.parametrize("kind", ["leading", "spaced", "strings", "wide", "siblings"])
+def test_deep_values_are_refused_before_parsing_whatever_their_size(
+    kind: str, dtype: str | None, shape: list[int] | None
+) -> None:
+    """The refusal reads a bounded head of the value: nothing is parsed and the same work is
+    done at 50k, 100k and 200k levels. Before, the pieces path stripped one level per search
+    of the whole text: work quadratic in the size."""
+    works = [
+        measure(_DEEP_TEXTS[kind](depth), dtype, shape) for depth in (50_000, 100_000, 200_000)
+    ]
+    assert [work.parsed for work in works] == [0, 0, 0]
+    assert works[0].calls == works[1].calls == works[2].calls
+
+
+@pytest.mark.parametrize("piece_bytes", [None, 4096])
+@pytest.mark.parametrize("dtype", [None, "FP32", "INT64"])
+@pytest.mark.parametrize("kind", ["late", "middle"])
+def test_deep_nesting_further_on_costs_work_linear_in_its_size(
+    kind: str, dtype: str | None, piece_bytes: int | None
+) -> None:
+    """Nesting that starts after the first element is met by the parser, which stops at its own
+    depth limit: the text is parsed at most twice (the fast path, then the general one) and the
+    Python-level work does not grow with the depth."""
+    with pytest.MonkeyPatch.context() as patch:
+        if piece_bytes is not None:
+            patch.setattr(tensors, "_PIECE_BYTES", piece_bytes)
+        # All three above the real piece size, so all take the same path.
+        texts = [_DEEP_TEXTS[kind](depth) for depth in (80_000, 160_000, 320_000)]
+        works = [measure(text, dtype) for text in texts]
+    for text, work in zip(texts, works, strict=True):
+        assert work.parsed <= 2 * len(text)
+    assert works[0].calls == works[1].calls == works[2].calls
+
+
+@pytest.mark.parametrize("dtype", [None, "FP32", "INT64"])
+def test_work_on_a_regular_high_rank_array_grows_linearly(dtype: str | None) -> None:
+    """A legitimate array wrapped in many single-element lists, large enough to be parsed in
+    pieces: the work grows with the size, not with size times depth."""
+    wrapped = [
+        nested(MAX_RANK - 2, b"[" + b",".join([b"[1,2]"] * rows) + b"]")
+        for rows in (20_000, 40_000, 80_000)
+    ]
+    works = [measure(text, dtype) for text in wrapped]
+    for text, work in zip(wrapped, works, strict=True):
+        assert work.parsed <= len(text) + 64 * 1024  # each byte parsed once, plus piece brackets
+    assert works[2].calls - works[1].calls <= 2 * (works[1].calls - works[0].calls) + 50
+    assert decode_output(wrapped[0], dtype).shape == (1,) * (MAX_RANK - 2) + (20_000, 2)

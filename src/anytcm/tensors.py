@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import re
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
@@ -449,8 +450,34 @@ def _text_data(name: str, arr: npt.NDArray[Any], shape: list[int]) -> Any:
 # float objects at once and runs ~1.5x slower per element than pieces that stay in cache.
 _PIECE_BYTES: Final = 1 << 17
 _WHITESPACE: Final = frozenset(b" \t\r\n")
+_SPACE: Final = re.compile(rb"[ \t\r\n]*")
 _FLOAT64: Final = np.dtype(np.float64)
 _INT64: Final = np.dtype(np.int64)
+
+
+def _numpy_max_rank() -> int:
+    """The most dimensions an ndarray may have here: 64 on numpy 2, 32 before (NPY_MAXDIMS).
+
+    Probed rather than read from numpy's version, which would not say what a build allows.
+    """
+    for rank in (64, 32):
+        try:
+            np.empty((1,) * rank, np.uint8)
+        except ValueError:
+            continue
+        return rank
+    return 32
+
+
+#: No output value can be nested deeper than this: it would not be an ndarray.
+_MAX_RANK: Final = _numpy_max_rank()
+# The opening brackets `_opening_depth` reads: one more than any limit, to see it exceeded.
+_HEAD: Final = _MAX_RANK + 1
+# The opening brackets of a value when whitespace separates them, at most `_HEAD` of them.
+_OPENERS: Final = re.compile(rb"(?:[ \t\r\n]*\[){0,%d}" % _HEAD)
+# After a value's first bracket, the bytes that call for `_opening_depth`: another bracket,
+# whitespace (which may hide one) or nothing.
+_NESTING: Final = frozenset((b"[", b" ", b"\t", b"\r", b"\n", b""))
 
 
 class _Fallback(Exception):
@@ -488,7 +515,10 @@ def decode_output(
 
     :raises InvalidInput: for a value that is not a regular array of the requested dtype
         (ragged lists, null for an integer dtype, strings for a numeric dtype, values out of
-        range) or that does not fit ``shape``.
+        range) or that does not fit ``shape``. A value nested deeper than any ndarray can be,
+        or than ``shape`` has dimensions plus one (a batch dimension model configs leave
+        out), is refused from its opening brackets, before it is parsed; every path does
+        work linear in the size of the value.
     """
     try:
         target = _KNOWN_TARGETS[dtype]
@@ -500,34 +530,128 @@ def decode_output(
         if packed is not None:
             return packed
     if isinstance(raw, (list, int, float)):
-        # Any other parsed value is written back as JSON (exactly: ints in full, floats in
-        # their shortest repr) and decoded as text, so that both forms decode alike by
-        # construction. Rare: a small reply's outputs are most often float lists.
-        raw = msgspec.json.encode(raw)
+        raw = _parsed_text(raw, shape)
     if shape is None and (target is _F32 or target is _F64):
+        # msgspec's typed decoders take at most two levels and refuse a third as they meet it.
         small = _decode_small(raw, target)
         if small is not None:
             return small
     text = _as_bytes(raw).strip()
     if not text:
         raise InvalidInput("an output value is empty, not JSON", expected="JSON", given=raw)
+    limit = _MAX_RANK if shape is None else _depth_limit(shape)
+    # A regular array's first element is nested as deep as all the others, so the brackets
+    # that open the text are its rank: deeper is refused here, before anything is parsed. An
+    # element nested deeper further on makes the array ragged, which every path refuses.
+    # Perf: a flat list, the common reply, is told at a glance.
+    depth = 1 if text[0] == 0x5B and text[1:2] not in _NESTING else _opening_depth(text)
+    if depth > limit:
+        raise _too_deep(depth, limit, shape)
     arr: npt.NDArray[Any] | None = None
-    if text[0] == 0x5B and (target is None or target.kind in "iuf"):  # '['
+    if depth and (target is None or target.kind in "iuf"):
         try:
-            arr = _decode_fast(text, target)
+            arr = _decode_fast(text, target, depth)
         except _Fallback:
             arr = None
     if arr is None:
         try:
             value = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
-            raise InvalidInput(
-                f"an output value is not valid JSON: {exc}", expected="JSON", given=text[:64]
-            ) from None
+            raise _not_json(text, exc, limit, shape) from None
         arr = _decode_general(value, target)
     if shape is not None:
         arr = _apply_shape(arr, shape)
     return arr
+
+
+def _depth_limit(shape: Sequence[int] | None) -> int:
+    """The deepest nesting an output value may have: one list per dimension of ``shape``, plus
+    one for the batch dimension that a model config's dims leave out; without a shape, the
+    most dimensions an ndarray can have. Deeper values are refused."""
+    return _MAX_RANK if shape is None else min(len(shape) + 1, _MAX_RANK)
+
+
+def _parsed_text(value: Any, shape: Sequence[int] | None) -> bytes:
+    """A value the frame decoder parsed, written back as JSON to be decoded as text.
+
+    Written exactly (ints in full, floats in their shortest repr), so that both forms decode
+    alike by construction. Rare: a small reply's outputs are most often float lists. The
+    frame decoder hands over flat lists; a caller's nested lists are walked along their first
+    elements first, so that a deep one is refused before msgspec recurses into it.
+    """
+    if type(value) is list and value and type(value[0]) is list:
+        limit = _depth_limit(shape)
+        depth = 0
+        head = value
+        while type(head) is list and head and depth <= limit:
+            depth += 1
+            head = head[0]
+        if depth > limit:
+            raise _too_deep(depth, limit, shape)
+    try:
+        return msgspec.json.encode(value)
+    except RecursionError:  # nested deep further on: bounded by the interpreter's limit
+        limit = _depth_limit(shape)
+        raise _too_deep(limit + 1, limit, shape) from None
+    except TypeError as exc:
+        raise InvalidInput(
+            f"an output value holds something JSON cannot carry ({exc}); pass the reply's "
+            "numbers or its JSON text",
+            expected="numbers or JSON text",
+            given=type(value).__name__,
+        ) from None
+
+
+def _opening_depth(text: bytes) -> int:
+    """How many lists ``text`` opens before its first value, counted up to `_HEAD`.
+
+    Reads at most `_HEAD` bytes, unless whitespace separates the brackets; then a bounded
+    regular expression skips it at C speed.
+    """
+    head = text[:_HEAD]
+    run = len(head) - len(head.lstrip(b"["))
+    if run < len(head) and head[run] in _WHITESPACE:
+        match = _OPENERS.match(text)  # it matches "" at worst
+        run = text.count(b"[", 0, match.end()) if match else 0
+    return run
+
+
+def _too_deep(
+    depth: int, limit: int, shape: Sequence[int] | None, at: int | None = None
+) -> InvalidInput:
+    where = "" if at is None else f" (at byte {at})"
+    if shape is None or limit >= _MAX_RANK:
+        remedy = (
+            f"a numpy array has at most {_MAX_RANK} dimensions, so this is no tensor: the "
+            "reply is malformed; check what the model and the manager send for this output"
+        )
+    else:
+        remedy = (
+            f"the expected shape {list(shape)} has {len(shape)} dimension(s), and one more is "
+            "taken for a batch dimension; check the shape against the model metadata, or pass "
+            "none"
+        )
+    return InvalidInput(
+        f"an output value is nested more than {limit} lists deep{where}: {remedy}",
+        expected=limit,
+        given=depth,
+    )
+
+
+def _not_json(
+    text: bytes, exc: orjson.JSONDecodeError, limit: int, shape: Sequence[int] | None
+) -> InvalidInput:
+    """The error for text orjson refused. orjson stops at 1024 nested lists, far deeper than
+    any limit: such nesting is named as what it is, not as mere invalid JSON."""
+    pos = exc.pos
+    # Brackets only count as nesting outside strings: without a quote before, there is none.
+    if text.find(b'"', 0, pos) < 0:
+        open_lists = text.count(b"[", 0, pos) - text.count(b"]", 0, pos)
+        if open_lists > limit:
+            return _too_deep(open_lists, limit, shape, at=pos)
+    return InvalidInput(
+        f"an output value is not valid JSON: {exc}", expected="JSON", given=text[:64]
+    )
 
 
 # Up to here (~600 float32 reprs) the small path is the faster one (timeit: 9.0 vs 9.6 us at
@@ -586,7 +710,7 @@ def _pack_floats(
     packer = packers.get(count) or _packer(packers, target, count)
     try:
         packer.pack_into(out, 0, *values)  # type: ignore[arg-type]  # ndarray is a buffer
-    except OverflowError:
+    except (OverflowError, struct.error):  # struct.error: a list (or else) among the numbers
         return None
     return out
 
@@ -617,7 +741,7 @@ def _as_bytes(raw: RawJSON) -> bytes:
     return bytes(memoryview(raw))
 
 
-def _decode_fast(text: bytes, target: np.dtype[Any] | None) -> npt.NDArray[Any]:
+def _decode_fast(text: bytes, target: np.dtype[Any] | None, depth: int) -> npt.NDArray[Any]:
     """Numeric nested arrays, with no per-element Python work beyond orjson's own.
 
     Numbers go straight from orjson's list into the target dtype through `numpy.fromiter`
@@ -625,7 +749,8 @@ def _decode_fast(text: bytes, target: np.dtype[Any] | None) -> npt.NDArray[Any]:
     A few memchr-speed scans keep the path honest: strings (``fromiter`` would parse ``"1.5"``)
     and, for integer dtypes, fractions or exponents (``fromiter`` would truncate them) go to the
     general path. Nulls, dicts, ragged or mixed nesting and out-of-range values make numpy or
-    `_pack` raise, and the general path then decides and explains.
+    `_pack` raise, and the general path then decides and explains. ``depth`` is the number of
+    lists the text opens with (`_opening_depth`): the array's rank if it is regular.
     """
     if b'"' in text:
         raise _Fallback
@@ -648,8 +773,8 @@ def _decode_fast(text: bytes, target: np.dtype[Any] | None) -> npt.NDArray[Any]:
     try:
         if guard:
             with np.errstate(over="raise"):
-                return _parse_numbers(text, parse)
-        return _parse_numbers(text, parse)
+                return _parse_numbers(text, parse, depth)
+        return _parse_numbers(text, parse, depth)
     except (
         orjson.JSONDecodeError,
         TypeError,
@@ -661,29 +786,14 @@ def _decode_fast(text: bytes, target: np.dtype[Any] | None) -> npt.NDArray[Any]:
         raise _Fallback from None
 
 
-def _parse_numbers(text: bytes, parse: np.dtype[Any]) -> npt.NDArray[Any]:
+def _parse_numbers(text: bytes, parse: np.dtype[Any], depth: int) -> npt.NDArray[Any]:
     if len(text) <= _PIECE_BYTES:
-        value = orjson.loads(text)
-        return _pack(value, _list_depth(value), parse)
-    return _decode_pieces(text, parse)
+        return _pack(orjson.loads(text), depth, parse)
+    return _decode_pieces(text, parse, depth)
 
 
-def _list_depth(value: Any) -> int:
-    depth = 0
-    while type(value) is list and value:
-        depth += 1
-        value = value[0]
-    return depth
-
-
-def _decode_pieces(text: bytes, parse: np.dtype[Any]) -> npt.NDArray[Any]:
+def _decode_pieces(text: bytes, parse: np.dtype[Any], depth: int) -> npt.NDArray[Any]:
     """A large array parsed piece by piece (see `_PIECE_BYTES`), then concatenated."""
-    depth = 0
-    for byte in text:
-        if byte == 0x5B:  # '['
-            depth += 1
-        elif byte not in _WHITESPACE:
-            break
     lead, start, end = _peel(text, depth)
     depth -= len(lead)
     parts = [_pack(orjson.loads(piece), depth, parse) for piece in _pieces(text, start, end, depth)]
@@ -698,7 +808,11 @@ def _decode_pieces(text: bytes, parse: np.dtype[Any]) -> npt.NDArray[Any]:
 
 def _peel(text: bytes, depth: int) -> tuple[list[int], int, int]:
     """Strip outer lists that hold a single element (``[[...]]``), so that a batch dimension
-    of 1 does not leave a single top-level element to parse in one piece."""
+    of 1 does not leave a single top-level element to parse in one piece.
+
+    One search of the text per level stripped: ``depth`` is at most `_MAX_RANK`, since
+    `decode_output` refuses deeper text before it gets here.
+    """
     lead: list[int] = []
     start, end = 0, len(text)
     while depth >= 2 and end - start > _PIECE_BYTES:
@@ -717,9 +831,8 @@ def _peel(text: bytes, depth: int) -> tuple[list[int], int, int]:
 
 
 def _skip_space(text: bytes, pos: int, end: int) -> int:
-    while pos < end and text[pos] in _WHITESPACE:
-        pos += 1
-    return pos
+    match = _SPACE.match(text, pos, end)  # it matches "" at worst
+    return match.end() if match else pos
 
 
 def _pieces(text: bytes, start: int, end: int, depth: int) -> list[bytes]:
@@ -815,7 +928,9 @@ def _leaves(value: Any) -> tuple[list[int], list[Any]]:
         level = list(itertools.chain.from_iterable(level))
     if any(type(item) is list for item in level):
         raise InvalidInput(
-            "an output value mixes lists and scalars at one level",
+            f"an output value mixes lists and scalars at nesting level {len(shape)}: some element "
+            "is nested deeper than the first, so it is not an array; the reply is malformed, "
+            "check what the model and the manager send for this output",
             expected="a regular nested list",
             given="mixed nesting",
         )
