@@ -48,10 +48,17 @@ class PeerClosed(Exception):
 class Peer:
     """One client connection, seen from the server side."""
 
-    def __init__(self, sock: socket.socket, index: int, http: HttpAnswer = ready) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        index: int,
+        http: HttpAnswer = ready,
+        seen: list[Request] | None = None,
+    ) -> None:
         self.sock = sock
         self.index = index  # 0 for the first connection this server accepted, then 1, 2, ...
         self._http = http
+        self._seen = seen if seen is not None else []
         self.protocol = ServerProtocol(max_size=None, logger=_SERVER_LOGGER)
         self.auth: dict[str, Any] = {}
         self._pending: list[Frame] = []
@@ -67,6 +74,7 @@ class Peer:
         while True:
             for event in self.protocol.events_received():
                 if isinstance(event, Request):
+                    self._seen.append(event)
                     if event.headers.get("Upgrade", "").lower() != "websocket":
                         self._answer_http(event.path)
                         return False
@@ -215,6 +223,7 @@ class HostileServer:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self.connections = 0  # WebSocket connections accepted
+        self.requests: list[Request] = []  # every HTTP request, the upgrades included
         self.errors: list[BaseException] = []  # what went wrong in a script, for the test
         self._threads: list[threading.Thread] = []
         self._sockets: list[socket.socket] = []
@@ -263,7 +272,7 @@ class HostileServer:
                     self._sockets.append(sock)
             with self._lock:
                 index = self.connections
-            peer = Peer(sock, index, self._http)
+            peer = Peer(sock, index, self._http, self.requests)
             if not peer.handshake():
                 return
             with self._lock:

@@ -13,9 +13,14 @@ Names are imported lazily: `import anytcm` stays cheap, and the reference manage
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# A library's loggers stay silent until the application configures logging (without this,
+# Python's last-resort handler prints anytcm's warnings to stderr on its own).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _EXPORTS = {
     "connect": "client",

@@ -74,7 +74,11 @@ class CliContext:
 
     async def readiness(self) -> ReadyState:
         """One `GET /ready` of the manager behind `url` (never raises for network failures)."""
-        return await ReadinessGate(self.url, timeout=self.timeout).check()
+        gate = ReadinessGate(self.url, timeout=self.timeout)
+        try:
+            return await gate.check()
+        finally:
+            await gate.aclose()
 
     @asynccontextmanager
     async def client(self, *, pool_size: int = 1) -> AsyncIterator[AsyncClient]:

@@ -64,7 +64,7 @@ from websockets.uri import WebSocketURI, parse_uri
 
 from . import _asyncio_stream
 from ._log_redaction import FRAME_LOGGER
-from .errors import ConnectError, ConnectionLost, HandshakeRejected
+from .errors import ConnectError, ConnectionLost, HandshakeRejected, permanent_http_status
 from .transport import (
     Transport,
     TransportOptions,
@@ -641,9 +641,14 @@ async def _open(url: str, options: TransportOptions) -> WebsocketsTransport:
 def _handshake_error(url: str, exc: Exception) -> ConnectError:
     if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
+        what = (
+            "wrong URL path, or not a TCM manager"
+            if permanent_http_status(status)
+            else "the server or a proxy in between cannot serve it now"
+        )
         return HandshakeRejected(
-            f"{url} answered HTTP {status} instead of upgrading to a WebSocket: check the URL "
-            "path (the manager serves its WebSocket at /ws) and any proxy in between",
+            f"{url} answered HTTP {status} instead of upgrading to a WebSocket: {what} (the "
+            "manager serves its WebSocket at /ws; check the URL and any proxy in between)",
             status_code=status,
         )
     kind = "invalid WebSocket handshake" if isinstance(exc, InvalidHandshake) else "bad reply"

@@ -1099,6 +1099,10 @@ async def connect(
         stale_grace=stale_grace,
         backoff=backoff or Backoff,
     )
+    if ssl_context is None and urlsplit(url).scheme == "wss":
+        # One context for every connection and for the readiness gate: the same CA store on
+        # both paths, and its certificates loaded once rather than once per connection.
+        ssl_context = ssl.create_default_context()
     options = TransportOptions(
         ssl_context=ssl_context,
         headers=dict(headers or {}),
@@ -1108,7 +1112,7 @@ async def connect(
         ping_timeout=ping_timeout,
         compression=compression,
     )
-    gate = ReadinessGate(url, ssl_context=ssl_context) if ready_check else None
+    gate = ReadinessGate(url, ssl_context=ssl_context, headers=headers) if ready_check else None
     client: AsyncClient | None = None
 
     def deliver(frame: wire.ServerFrame) -> None:
@@ -1136,6 +1140,9 @@ async def connect(
         if error is None:
             raise
         raise error from error.__cause__  # the one real error, with its own cause kept
+    finally:
+        if gate is not None:
+            await gate.aclose()
 
 
 __all__ = ["AsyncClient", "InferStream", "InfoAPI", "ManagementAPI", "connect"]

@@ -63,11 +63,25 @@ class NotReady(ConnectError):
 
 
 class HandshakeRejected(ConnectError):
-    """The server answered the WebSocket handshake with an HTTP status instead of upgrading."""
+    """The server answered the WebSocket handshake, or `GET /ready`, with an HTTP status that
+    says this is no way in: e.g. 404 for a wrong URL path or a server that is not a TCM manager.
+
+    `permanent` (a 4xx other than 408 and 429) means waiting cannot fix it: `connect` raises it
+    at once instead of retrying until `connect_timeout`.
+    """
 
     def __init__(self, message: str, *, status_code: int) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+    @property
+    def permanent(self) -> bool:
+        return permanent_http_status(self.status_code)
+
+
+def permanent_http_status(status: int) -> bool:
+    """An HTTP answer that waiting cannot change: a 4xx other than 408 and 429."""
+    return 400 <= status < 500 and status not in (408, 429)
 
 
 class AuthError(ConnectError):

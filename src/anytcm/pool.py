@@ -29,6 +29,7 @@ from .errors import (
     ClientClosed,
     ConnectError,
     ConnectionLost,
+    HandshakeRejected,
     NotReady,
     RequestTimeout,
     ServerShutdown,
@@ -155,6 +156,14 @@ class Pool:
                 raise failure from self._last_failure  # e.g. NotReady with reason and error_id
             raise failure
 
+    def _give_up(self, error: ConnectError, what: str) -> None:
+        """A failure no retry can fix: every slot stops, `connect` and waiters get `error`."""
+        if self._fatal is None:  # logged once, not once per connection of the pool
+            logger.error("%s, giving up: %s", what, error)
+            self._fatal = error
+        self._fail_waiters(self._fatal)
+        self._first_up.set()
+
     def close(self) -> None:
         """Stop supervising; pending and future checkouts fail with ClientClosed."""
         self._closing = True
@@ -179,11 +188,14 @@ class Pool:
                 # them): back off like any failure, never a reconnect loop without a pause.
                 failure, retry_now = exc, not conflicted
             except AuthError as exc:
-                self._fatal = exc
-                self._fail_waiters(exc)
-                self._first_up.set()
-                logger.error("authentication refused, giving up: %s", exc)
+                self._give_up(exc, "authentication refused")
                 return
+            except HandshakeRejected as exc:
+                if exc.permanent:
+                    self._give_up(exc, "the URL leads to no TCM manager")
+                    return
+                failure = exc
+                self.stats.connect_failures += 1
             except (ConnectError, ConnectionLost) as exc:
                 failure = exc
                 self.stats.connect_failures += 1
@@ -210,7 +222,10 @@ class Pool:
                 # The manager is up and says when it is ready: asking /ready (cached for 1 s on
                 # the server) at a steady pace reconnects promptly without a connection storm.
                 delay = min(delay, READY_POLL_INTERVAL)
-            logger.info(
+            # A manager that is not ready yet is reported by the gate, once per change; a line
+            # per poll of every connection would bury it.
+            logger.log(
+                logging.DEBUG if isinstance(failure, NotReady) else logging.INFO,
                 "connection %s ended (%s); reconnecting in %.2f s",
                 uuid,
                 failure,
