@@ -34,7 +34,21 @@ async def test_double_result_api(manager: ReferenceManager) -> None:
     assert result.model_name == "double"
     assert result.output_names == ["OUTPUT0"]
     assert list(result) == ["OUTPUT0"]
+    # A readable repr that decodes nothing: no msgspec.Raw objects, the JSON's size instead.
+    assert repr(result) == (
+        "InferResult(model_name='double', outputs={'OUTPUT0': <30 bytes of JSON, not decoded yet>})"
+    )  # [[0.0,2.0,4.0],[6.0,8.0,10.0]]
+    assert "Raw" not in repr(result)
     out = result.as_numpy("OUTPUT0")
+    assert repr(result) == "InferResult(model_name='double', outputs={'OUTPUT0': float64[2, 3]})"
+    # A mapping of names to arrays.
+    assert result["OUTPUT0"] is out
+    assert "OUTPUT0" in result
+    assert "nope" not in result
+    assert len(result) == 1
+    assert dict(result) == {"OUTPUT0": out}
+    with pytest.raises(KeyError, match="the outputs are"):
+        result["nope"]
     assert out.shape == (2, 3)
     # No dtype known (no output_dtypes, no model spec): floats decode as float64 (documented).
     assert out.dtype == np.float64
@@ -301,8 +315,13 @@ async def test_queue_stats(manager: ReferenceManager) -> None:
 
 async def test_info_request_generic_action(manager: ReferenceManager) -> None:
     async with anytcm.connect(manager.ws_url, pool_size=1) as client:
-        data = await client.info.request("foo")
-        assert data == {"message": "Info type 'foo' not implemented yet"}
+        # The manager answers an action it does not know with success and a message: raised,
+        # typed, rather than returned as if it were the action's data.
+        with pytest.raises(
+            anytcm.ContractError, match="does not implement the info action"
+        ) as caught:
+            await client.info.request("foo")
+        assert caught.value.server_message == "Info type 'foo' not implemented yet"
         raw = await client.info.request("queue_stats")
         assert isinstance(raw, dict)
         assert "executor_inference_available" in raw

@@ -172,13 +172,11 @@ async def test_creation_and_deletion(manager: ReferenceManager) -> None:
         assert deployment.model_name == "double"
         await infer_double(client, f32(7.0), target=deployment.target)
 
-        # `deletion` can find the VM from its ip; then everything is gone.
-        data = await mgmt.request(
-            "deletion",
-            vm_ip=deployment.target.vm_ip,
-            container_id=deployment.target.container_id,
-        )
-        assert data["container_id"] == deployment.target.container_id
+        # What creation() returned is all deletion() needs (the manager finds the VM by its ip).
+        deleted = await mgmt.deletion(deployment)
+        assert deleted.container_id == deployment.target.container_id
+        assert deleted.vm_id is not None
+        data = {"vm_id": deleted.vm_id}
         with pytest.raises(anytcm.ContractError):
             await client.infer("double", {"INPUT0": f32(1.0)}, target=deployment.target)
         # The typed method (vm_id known from the reply): a second deletion fails.
@@ -188,6 +186,14 @@ async def test_creation_and_deletion(manager: ReferenceManager) -> None:
         assert isinstance(caught.value.data, str)
         assert "not found" in caught.value.data
         assert "not found" in str(caught.value)
+
+
+async def test_deletion_needs_a_container_and_a_vm(manager: ReferenceManager) -> None:
+    async with anytcm.connect(manager.ws_url, pool_size=1) as client:
+        with pytest.raises(anytcm.InvalidInput, match="Deployment that creation"):
+            await client.management.deletion(container_id="c")
+        with pytest.raises(anytcm.InvalidInput):
+            await client.management.deletion(vm_id="v")
 
 
 async def test_management_failures(manager: ReferenceManager) -> None:

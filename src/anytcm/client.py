@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import ssl
 import sys
 import uuid as uuid_module
@@ -33,6 +34,7 @@ from .carrier import CarrierContext, InputTensor, Staged, StagedInputs
 from .errors import (
     CarrierUnavailable,
     ClientClosed,
+    ContractError,
     InvalidInput,
     ManagementFailed,
     PayloadTooLarge,
@@ -73,6 +75,9 @@ if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 logger = logging.getLogger("anytcm.client")
+
+# The manager's answer to an info action it does not know (contract §4.1), status "success".
+_NOT_IMPLEMENTED = re.compile(r"Info type '.*' not implemented yet")
 
 MAX_FRAME_BYTES = 65536
 """The manager's inbound frame cap (contract §1): larger frames close the connection (1009)."""
@@ -873,8 +878,20 @@ class InfoAPI:
             return msgspec.convert(reply.data or {}, QueueStats, strict=False)
 
     async def request(self, action: str, *, timeout: float | None = None) -> Any:
-        """Any info action; returns the reply's `data`."""
-        return (await self._client._info(action, timeout)).data
+        """Any info action; returns the reply's `data`.
+
+        Raises `ContractError` for an action the manager does not implement (it answers those
+        with success and a message, which would otherwise pass for data).
+        """
+        data = (await self._client._info(action, timeout)).data
+        message = data.get("message") if isinstance(data, dict) and len(data) == 1 else None
+        if isinstance(message, str) and _NOT_IMPLEMENTED.match(message):
+            raise ContractError(
+                f"the manager does not implement the info action {action!r} ({message}); "
+                "queue_stats (and its alias queue) is the one it answers",
+                server_message=message,
+            )
+        return data
 
 
 class ManagementAPI:
@@ -967,11 +984,26 @@ class ManagementAPI:
         return Deployment(target, model, spec)
 
     async def deletion(
-        self, *, vm_id: str, container_id: str, timeout: float | None = None
+        self,
+        deployment: Deployment | None = None,
+        *,
+        vm_id: str | None = None,
+        vm_ip: str | None = None,
+        container_id: str | None = None,
+        timeout: float | None = None,
     ) -> Deleted:
-        data = await self.request(
-            "deletion", vm_id=vm_id, container_id=container_id, timeout=timeout
-        )
+        """Undo a `creation`: `deletion(deployment)` with what `creation()` returned, or name
+        the container and its VM by `vm_id` or `vm_ip` (the manager finds the VM by address)."""
+        if deployment is not None:
+            vm_ip = vm_ip or deployment.target.vm_ip
+            container_id = container_id or deployment.target.container_id
+        if container_id is None or (vm_id is None and vm_ip is None):
+            raise InvalidInput(
+                "deletion needs container_id and the VM's vm_id or vm_ip; pass the Deployment "
+                "that creation() returned, or name them"
+            )
+        vm = {"vm_id": vm_id} if vm_id is not None else {"vm_ip": vm_ip}
+        data = await self.request("deletion", container_id=container_id, timeout=timeout, **vm)
         with reply_shape("deletion", data):
             return Deleted(data.get("vm_id"), data.get("container_id"))
 

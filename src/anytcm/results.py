@@ -111,9 +111,12 @@ def _describe(specs: Sequence[TensorSpec]) -> str:
     return ", ".join(f"{s.name} {s.datatype}{list(s.dims)}" for s in specs)
 
 
-@dataclass
-class InferResult:
+@dataclass(repr=False)
+class InferResult(Mapping[str, "npt.NDArray[Any]"]):
     """The outputs of one inference, decoded into numpy on first access.
+
+    A read-only mapping of output names to arrays: `result["OUTPUT0"]` is
+    `result.as_numpy("OUTPUT0")`, and `dict(result)` decodes them all.
 
     The manager sends outputs as JSON without dtypes (contract §8): FP16 arrives as FP32 floats,
     BYTES flattened. The dtype of each output comes from `output_dtypes`, else the model spec,
@@ -152,6 +155,28 @@ class InferResult:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._raw)
+
+    def __getitem__(self, name: str) -> npt.NDArray[Any]:
+        return self.as_numpy(name)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._raw
+
+    def __repr__(self) -> str:
+        # Decoding in a repr would be a surprise (and may fail): an output not yet read shows
+        # the size of its JSON, one already read its dtype and shape.
+        parts = []
+        for name, raw in self._raw.items():
+            array = self._decoded.get(name)
+            if array is not None:
+                parts.append(f"{name!r}: {array.dtype}{list(array.shape)}")
+            else:
+                size = len(raw) if isinstance(raw, msgspec.Raw) else len(msgspec.json.encode(raw))
+                parts.append(f"{name!r}: <{size} bytes of JSON, not decoded yet>")
+        return f"InferResult(model_name={self.model_name!r}, outputs={{{', '.join(parts)}}})"
 
 
 @dataclass(frozen=True)

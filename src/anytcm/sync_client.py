@@ -559,10 +559,20 @@ class SyncManagementAPI:
             )
         )
 
-    def deletion(self, *, vm_id: str, container_id: str, timeout: float | None = None) -> Deleted:
+    def deletion(
+        self,
+        deployment: Deployment | None = None,
+        *,
+        vm_id: str | None = None,
+        vm_ip: str | None = None,
+        container_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Deleted:
         api = self._owner._client.management
         return self._owner._run(
-            lambda: api.deletion(vm_id=vm_id, container_id=container_id, timeout=timeout)
+            lambda: api.deletion(
+                deployment, vm_id=vm_id, vm_ip=vm_ip, container_id=container_id, timeout=timeout
+            )
         )
 
     def delete_server(self, *, vm_id: str, container_id: str, timeout: float | None = None) -> None:
