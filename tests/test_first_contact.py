@@ -108,3 +108,22 @@ async def test_the_gate_sends_the_headers_and_ignores_proxy_variables(
     upgrades = [r for r in server.requests if r.path.endswith("/ws")]
     assert ready, "the gate asked /ready"
     assert all(r.headers.get("X-Tenant") == "blue" for r in ready + upgrades)
+
+
+# -- a configuration error is one error --------------------------------------------------------
+
+
+async def test_a_transport_for_the_wrong_event_loop_is_one_clear_error(
+    manager: ReferenceManager,
+    monkeypatch: pytest.MonkeyPatch,
+    anyio_backend: tuple[str, dict[str, object]],
+) -> None:
+    if anyio_backend[0] != "asyncio":
+        pytest.skip("trio-websocket is the right transport on trio")
+    monkeypatch.setenv("ANYTCM_TRANSPORT", "trio-websocket")
+    started = anyio.current_time()
+    with pytest.raises(RuntimeError, match="runs on trio only") as caught:
+        async with anytcm.connect(manager.ws_url, pool_size=4, connect_timeout=30):
+            pass
+    single(caught.value)  # before: an ExceptionGroup with one copy per connection of the pool
+    assert anyio.current_time() - started < 10  # no retrying until connect_timeout

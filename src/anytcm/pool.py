@@ -119,6 +119,7 @@ class Pool:
         self._changed = anyio.Event()
         self._first_up = anyio.Event()
         self._fatal: TcmError | None = None
+        self._broken: Exception | None = None  # not a connection failure: see _supervise
         self._closing = False
         self._last_failure: BaseException | None = None
         self._rotation = 0
@@ -132,14 +133,16 @@ class Pool:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Supervise every slot; report started once the first connection is ready."""
-        failure: TcmError | None = None
+        failure: BaseException | None = None
         async with anyio.create_task_group() as tg:
             self._task_group = tg
             for slot in range(self.settings.size):
                 tg.start_soon(self._supervise, slot)
             with anyio.move_on_after(self.settings.connect_timeout):
                 await self._first_up.wait()
-            if self._fatal is not None:
+            if self._broken is not None:
+                failure = self._broken
+            elif self._fatal is not None:
                 failure = self._fatal
             elif not self._first_up.is_set():
                 failure = ConnectError(
@@ -152,6 +155,9 @@ class Pool:
             else:
                 task_status.started()
         if failure is not None:
+            broken = self._broken
+            if broken is not None and failure is broken:
+                raise broken  # as it is, once, not one copy per connection in a group
             if failure is not self._fatal and isinstance(self._last_failure, Exception):
                 raise failure from self._last_failure  # e.g. NotReady with reason and error_id
             raise failure
@@ -207,6 +213,15 @@ class Pool:
                 logger.error("connection %s failed untranslated: %r", uuid, exc, exc_info=exc)
                 failure = ConnectError(f"the connection failed: {exc!r}")
                 self.stats.connect_failures += 1
+            except Exception as exc:
+                # A bug, or a configuration error such as a transport that cannot run on this
+                # event loop: every connection would meet it, and no retry fixes it. `connect`
+                # raises it once, as it is; after the start, this connection stops, logged.
+                if self._broken is None:
+                    logger.error("connection %s cannot be opened: %r", uuid, exc, exc_info=exc)
+                    self._broken = exc
+                self._first_up.set()
+                return
             if self._stopped():
                 return
             conflicted = isinstance(failure, UuidConflict)
