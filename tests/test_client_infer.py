@@ -40,7 +40,7 @@ async def test_double_result_api(manager: ReferenceManager) -> None:
     )  # [[0.0,2.0,4.0],[6.0,8.0,10.0]]
     assert "Raw" not in repr(result)
     out = result.as_numpy("OUTPUT0")
-    assert repr(result) == "InferResult(model_name='double', outputs={'OUTPUT0': float64[2, 3]})"
+    assert repr(result) == "InferResult(model_name='double', outputs={'OUTPUT0': float32[2, 3]})"
     # A mapping of names to arrays.
     assert result["OUTPUT0"] is out
     assert "OUTPUT0" in result
@@ -50,8 +50,8 @@ async def test_double_result_api(manager: ReferenceManager) -> None:
     with pytest.raises(KeyError, match="the outputs are"):
         result["nope"]
     assert out.shape == (2, 3)
-    # No dtype known (no output_dtypes, no model spec): floats decode as float64 (documented).
-    assert out.dtype == np.float64
+    # No dtype known (no output_dtypes, no model spec): floats take the inputs' float dtype.
+    assert out.dtype == np.float32
     np.testing.assert_array_equal(out, 2 * x)
     outputs = result.outputs
     assert set(outputs) == {"OUTPUT0"}
@@ -140,8 +140,8 @@ async def test_identity_round_trips_every_numeric_dtype(manager: ReferenceManage
 
 
 async def test_default_output_dtypes_without_hints(manager: ReferenceManager) -> None:
-    """Without dtypes: integers -> int64 (uint64 beyond int64 stays exact), floats -> float64
-    (FP16 arrives as FP32 numbers), booleans -> bool."""
+    """Without dtypes: integers -> int64 (uint64 beyond int64 stays exact), floats -> the one
+    float dtype the inputs share (here float16: FP16 arrives as FP32 numbers), booleans -> bool."""
     inputs = {
         "I": np.array([1, -2], dtype=np.int16),
         "BIG": np.array([2**64 - 1], dtype=np.uint64),
@@ -156,11 +156,33 @@ async def test_default_output_dtypes_without_hints(manager: ReferenceManager) ->
     big = result.as_numpy("OUT_BIG")
     assert int(big[0]) == 2**64 - 1
     h = result.as_numpy("OUT_H")
-    assert h.dtype == np.float64
+    assert h.dtype == np.float16
     np.testing.assert_array_equal(h, [1.5, 0.25])
     b = result.as_numpy("OUT_B")
     assert b.dtype == np.bool_
     np.testing.assert_array_equal(b, [True, False])
+
+
+async def test_outputs_follow_the_inputs_float_dtype_only_when_it_is_one(
+    manager: ReferenceManager,
+) -> None:
+    """The documented rule: output_dtypes, else the model spec, else the inputs' shared float
+    dtype for float outputs; inputs of several float dtypes leave floats as float64."""
+    mixed = {"A": np.array([0.5], dtype=np.float32), "B": np.array([0.25], dtype=np.float64)}
+    async with anytcm.connect(manager.ws_url, pool_size=1) as client:
+        result = await client.infer("identity", mixed, target=REF)
+        assert result.as_numpy("OUT_A").dtype == np.float64
+        one = await client.infer("identity", {"A": np.array([1.5], np.float32)}, target=REF)
+        assert one.as_numpy("OUT_A").dtype == np.float32
+        asked = await client.infer(
+            "identity",
+            {"A": np.array([1.5], np.float32)},
+            target=REF,
+            output_dtypes={"OUT_A": np.float64},
+        )
+        assert asked.as_numpy("OUT_A").dtype == np.float64  # what the caller asked wins
+        ints = await client.infer("identity", {"I": np.array([3], np.int32)}, target=REF)
+        assert ints.as_numpy("OUT_I").dtype == np.int64  # integers are not floats
 
 
 async def test_bytes_through_identity(manager: ReferenceManager) -> None:

@@ -82,6 +82,9 @@ async def test_create_vm_container_server_then_infer_and_delete(manager: Referen
         assert "INPUT0" in message
         assert caught.value.expected == {"INPUT0": ("FP32", (-1,))}
         assert caught.value.given == {"INPUT0": ("INT32", (2,))}
+        # A float64 array for an FP32 input: the message says how to convert it.
+        with pytest.raises(anytcm.InvalidInput, match=r"astype\(np\.float32\)"):
+            await client.infer("double", {"INPUT0": np.array([1.0, 2.0])}, target=target)
         # Nothing was sent: the manager read no inference frame.
         await infer_double(client, f32(0.0))  # a sent frame, so the counter is sure to exist
         assert await _frames(manager) == before + 1

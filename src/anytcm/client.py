@@ -60,6 +60,7 @@ from .results import (
     Tensor,
     VmCreated,
     input_signature,
+    shared_float_dtype,
 )
 from .retry import RetryPolicy
 from .session import NotSent, Session
@@ -433,6 +434,7 @@ class AsyncClient:
             completed.outputs or {},
             dict(output_dtypes or {}),
             input_spec or self.model_spec(model, target),
+            shared_float_dtype(_input_values(inputs)),
         )
 
     def _inline_fast(
@@ -621,6 +623,7 @@ class AsyncClient:
         except RequestTimeout as exc:
             raise _caller_timeout(exc, seconds, "pipeline") from None
         results: dict[str, InferResult] = {}
+        inputs_of = {(s[2] if len(s) > 2 else s[0]): s[1] for s in steps}
         for key, step_outputs in (completed.outputs or {}).items():
             model = next((s.model_name for s in wire_steps if (s.name or s.model_name) == key), key)
             with reply_shape("pipeline", completed.outputs):
@@ -630,6 +633,7 @@ class AsyncClient:
                 outputs,
                 dict((output_dtypes or {}).get(key, {})),
                 self.model_spec(model, target),
+                shared_float_dtype(_input_values(inputs_of.get(key, {}))),
             )
         return results
 
@@ -844,6 +848,14 @@ def _is_loopback(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _input_values(inputs: Inputs) -> Iterator[Any]:
+    """The arrays of a call's inputs, however they were given (SHM references have none)."""
+    if isinstance(inputs, Mapping):
+        yield from inputs.values()
+    else:
+        yield from (item.data for item in inputs if isinstance(item, Tensor))
 
 
 def _surely_over(tensors: Sequence[InputTensor], limit: int) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -80,7 +80,10 @@ class ModelSpec:
         for name in sorted(set(expected) & set(given)):
             spec, (datatype, shape) = expected[name], given[name]
             if datatype != spec.datatype:
-                problems.append(f"{name}: datatype {datatype}, model expects {spec.datatype}")
+                problems.append(
+                    f"{name}: datatype {datatype}, model expects {spec.datatype}"
+                    + _cast_hint(name, spec.datatype)
+                )
             if len(shape) != len(spec.dims) or any(
                 d != -1 and d != s for d, s in zip(spec.dims, shape, strict=False)
             ):
@@ -107,6 +110,17 @@ class ModelSpec:
         return None
 
 
+def _cast_hint(name: str, datatype: str) -> str:
+    """How to convert an input to the datatype a model expects, for the error message."""
+    try:
+        dtype = numpy_dtype(datatype)
+    except InvalidInput:
+        return ""
+    if dtype.kind in "biuf":
+        return f" (convert it: inputs[{name!r}].astype(np.{dtype.name}))"
+    return ""
+
+
 def _describe(specs: Sequence[TensorSpec]) -> str:
     return ", ".join(f"{s.name} {s.datatype}{list(s.dims)}" for s in specs)
 
@@ -120,13 +134,15 @@ class InferResult(Mapping[str, "npt.NDArray[Any]"]):
 
     The manager sends outputs as JSON without dtypes (contract §8): FP16 arrives as FP32 floats,
     BYTES flattened. The dtype of each output comes from `output_dtypes`, else the model spec,
-    else it is inferred (integers -> int64, floats -> float64).
+    else it is inferred: integers -> int64, floats -> the float dtype the request's inputs share
+    (an FP32 model fed float32 gets float32 back), else float64.
     """
 
     model_name: str | None
     _raw: Mapping[str, OutputValue]
     _dtypes: Mapping[str, Any] = field(default_factory=dict)
     _spec: ModelSpec | None = None
+    _float_dtype: np.dtype[Any] | None = None  # the inputs' shared float dtype, if any
     _decoded: dict[str, npt.NDArray[Any]] = field(default_factory=dict, repr=False)
 
     @property
@@ -145,6 +161,8 @@ class InferResult(Mapping[str, "npt.NDArray[Any]"]):
         if dtype is None and self._spec is not None:
             dtype = self._spec.output_dtype(name)
         array = decode_output(raw, dtype)
+        if dtype is None and self._float_dtype is not None and array.dtype.kind == "f":
+            array = array.astype(self._float_dtype, copy=False)
         self._decoded[name] = array
         return array
 
@@ -243,6 +261,17 @@ class Deployment:
 class Deleted:
     vm_id: str | None
     container_id: str | None
+
+
+def shared_float_dtype(arrays: Iterable[Any]) -> np.dtype[Any] | None:
+    """The one float dtype among the float arrays given, or None (none, or several)."""
+    found: np.dtype[Any] | None = None
+    for array in arrays:
+        if isinstance(array, np.ndarray) and array.dtype.kind == "f":
+            if found is not None and array.dtype != found:
+                return None
+            found = array.dtype
+    return found
 
 
 def input_signature(
