@@ -32,7 +32,6 @@ import io
 import re
 import subprocess
 import sys
-import time
 import tokenize
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack
@@ -63,9 +62,9 @@ DOCUMENTS = sorted(
 DOCUMENTED_URLS = ("ws://127.0.0.1:8000/ws", "ws://manager:8000/ws")
 _URL = re.compile(r"""wss?://[^"'\s]+""")
 _FILE_BLOCK = re.compile(r"\A# (?P<name>(conftest|test_\w+)\.py)\n")
-# Generous against a slow CI machine; a docs example is a few requests, and a slower one is
-# either hanging or not an example a reader should wait for.
-EXAMPLE_SECONDS = 5.0
+# A hang guard for an awaited example, not a speed limit (CI machines are slow and noisy): an
+# example is a few requests, so one still waiting after this long is hanging.
+EXAMPLE_SECONDS = 30.0
 # A page of test files (docs/testing.md) runs a user's test session, server start included.
 TEST_FILE_SECONDS = 60.0
 
@@ -96,11 +95,8 @@ class _Runner:
         __tracebackhide__ = True
         where = f"{Path(example.path).relative_to(ROOT)}:{example.line}"
         source = self.localise(str(example.parsed), where)
-        started = time.perf_counter()
-        limit = EXAMPLE_SECONDS
         file_block = _FILE_BLOCK.match(source)
         if file_block is not None:
-            limit = TEST_FILE_SECONDS
             self.write_and_test(file_block["name"], source, where)
         else:
             # Line numbers in tracebacks are the page's own.
@@ -115,11 +111,11 @@ class _Runner:
             if code.co_flags & inspect.CO_COROUTINE:
                 # eval() of top-level-await code returns a coroutine: create and await it on
                 # the portal's loop, where the namespace's client lives.
-                self.portal.call(_await_within, limit, lambda: eval(code, example.namespace))
+                self.portal.call(
+                    _await_within, EXAMPLE_SECONDS, lambda: eval(code, example.namespace)
+                )
             else:
                 exec(code, example.namespace)  # noqa: S102 - running the page's code is the test
-        elapsed = time.perf_counter() - started
-        assert elapsed < limit, f"{where}: the example took {elapsed:.1f} s (limit {limit} s)"
 
     def write_and_test(self, name: str, source: str, where: str) -> None:
         (self.workdir / name).write_text(source, encoding="utf-8")
