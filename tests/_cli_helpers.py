@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from anytcm._cli_context import SIGNALS
 from anytcm.cli import main
 
 BACKENDS = ["asyncio", "trio"]
@@ -28,8 +29,11 @@ class Outcome:
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> Outcome:
     """`anytcm ARGS...` in this process; main() always exits, as the installed script does."""
-    with pytest.raises(SystemExit) as exited:
-        main(list(args))
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main(list(args))
+    finally:
+        SIGNALS.uninstall()  # main() keeps its SIGINT/SIGTERM handlers, as a process should
     captured = capsys.readouterr()
     code = exited.value.code
     assert isinstance(code, int)

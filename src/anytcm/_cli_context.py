@@ -12,14 +12,14 @@ import importlib.util
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
 
-from ._cli_errors import UsageError
+from ._cli_errors import Interrupted, UsageError
 from .errors import ConnectError
 from .readiness import ReadinessGate, ReadyState
 from .transport import collapse_exception_group
@@ -55,22 +55,40 @@ class CliContext:
     def run(self, func: Callable[..., Awaitable[_T]], *args: Any) -> _T:
         """Run `func(*args)` on the chosen backend; a single failure comes out ungrouped.
 
-        Ctrl-C cancels `func` (then raises KeyboardInterrupt here) instead of interrupting it
-        wherever it happens to be: trio, and asyncio before 3.11, would raise it at any
-        bytecode, even between creating a shared-memory segment and registering its release.
-        A cancellation is what every part of the client is written to clean up after.
+        SIGINT and SIGTERM (see `SIGNALS`) cancel `func` instead of interrupting it wherever
+        it happens to be, then raise `Interrupted` here: a cancellation is what every part of
+        the client is written to clean up after (shared-memory segments are unlinked, the
+        connection closed), and no KeyboardInterrupt ever unwinds the event loop itself, which
+        would leave AnyIO worker threads (non-daemon) waiting for a loop that is gone.
         """
 
-        async def guarded() -> _T:
-            try:
-                return await _cancel_on_interrupt(func, *args)
-            except BaseExceptionGroup as group:
-                error = collapse_exception_group(group)
-                if error is None:
-                    raise
-                raise error from error.__cause__  # keeps e.g. the NotReady behind a ConnectError
+        outcome: list[_T] = []
 
-        return anyio.run(guarded, backend=self.backend)
+        async def guarded() -> None:
+            # Returns rather than raising Interrupted: a KeyboardInterrupt out of a task
+            # unwinds asyncio's loop abruptly, the very thing this avoids.
+            with anyio.CancelScope() as scope:
+                SIGNALS.arm(_thread_safe_caller(), scope.cancel)
+                try:
+                    outcome.append(await func(*args))
+                except BaseExceptionGroup as group:
+                    error = collapse_exception_group(group)
+                    if error is None:
+                        raise
+                    raise error from error.__cause__  # keeps e.g. the NotReady behind ConnectError
+                finally:
+                    SIGNALS.disarm()
+
+        with SIGNALS.deferred():
+            try:
+                anyio.run(guarded, backend=self.backend)
+            except BaseException:
+                if SIGNALS.received is not None:  # what failed while cancelled is not the story
+                    raise Interrupted(SIGNALS.received) from None
+                raise
+        if SIGNALS.received is not None or not outcome:
+            raise Interrupted(SIGNALS.received or signal.SIGINT)
+        return outcome[0]
 
     async def readiness(self) -> ReadyState:
         """One `GET /ready` of the manager behind `url` (never raises for network failures)."""
@@ -102,36 +120,85 @@ class CliContext:
             yield client
 
 
-async def _cancel_on_interrupt(func: Callable[..., Awaitable[_T]], *args: Any) -> _T:
-    """`await func(*args)`, cancelled by SIGINT, which then surfaces as KeyboardInterrupt."""
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # e.g. a `nohup` or `&` job
-    ):
-        return await func(*args)
-    interrupted = False
-    outcome: list[_T] = []
-    try:
-        async with anyio.create_task_group() as tg:
+def _thread_safe_caller() -> Callable[[Callable[[], object]], object]:
+    """How to schedule a callback on the running loop from a signal handler."""
+    import sniffio
 
-            async def watch() -> None:
-                nonlocal interrupted
-                with anyio.open_signal_receiver(signal.SIGINT) as signals:
-                    async for _ in signals:
-                        interrupted = True
-                        tg.cancel_scope.cancel()
-                        return
+    if sniffio.current_async_library() == "trio":
+        import trio
 
-            tg.start_soon(watch)
-            outcome.append(await func(*args))
-            tg.cancel_scope.cancel()
-    except BaseException:
-        if interrupted:  # what failed while being cancelled is not the story: Ctrl-C is
-            raise KeyboardInterrupt from None
-        raise
-    if interrupted:
-        raise KeyboardInterrupt
-    return outcome[0]
+        return trio.lowlevel.current_trio_token().run_sync_soon  # documented signal-safe
+    import asyncio
+
+    return asyncio.get_running_loop().call_soon_threadsafe
+
+
+class SignalHandling:
+    """SIGINT and SIGTERM of the `anytcm` process (installed by `cli.run`).
+
+    Outside the event loop a signal raises `Interrupted` at once: nothing holds a resource.
+    While `CliContext.run` runs the loop ("deferred"), the handler never raises: the first
+    signal cancels the command's scope (through the loop's thread-safe callback, so the loop
+    wakes up), later ones are ignored so that the cleanup finishes; `run` then raises
+    `Interrupted`. A signal that was ignored when we started (`nohup`, a `cmd &` job) stays
+    ignored.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._deferring = False
+        self._cancel: Callable[[], object] | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        self.received = None
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def uninstall(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+
+    def arm(
+        self, call_soon: Callable[[Callable[[], object]], object], cancel: Callable[[], object]
+    ) -> None:
+        def cancel_soon() -> None:
+            with suppress(RuntimeError):  # the loop is closing: nothing left to cancel
+                call_soon(cancel)
+
+        self._cancel = cancel_soon
+        if self.received is not None:  # arrived while the loop was starting
+            cancel()
+
+    def disarm(self) -> None:
+        self._cancel = None
+
+    def _handle(self, signum: int, frame: object) -> None:
+        first = self.received is None
+        if first:
+            self.received = signum
+        if not self._deferring:
+            if first:
+                raise Interrupted(signum)
+            return  # a second Ctrl-C while we exit: already on our way out
+
+        if first and self._cancel is not None:
+            self._cancel()
+
+
+SIGNALS: Final = SignalHandling()
 
 
 def unreachable_message(url: str, state: ReadyState) -> str:

@@ -24,11 +24,13 @@ EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
 #: Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED: Final = 130
+#: SIGTERM (128 + SIGTERM), as shells report a process it ended.
+EXIT_TERMINATED: Final = 143
 
 EXIT_CODES_HELP: Final = (
     "exit codes: 0 success; 1 the command ran and failed (a request refused or failed, a check "
     "failed, the manager not ready); 2 bad arguments or input files, or the manager could not "
-    "be reached; 130 interrupted (Ctrl-C)"
+    "be reached; 130 interrupted (Ctrl-C, SIGINT); 143 terminated (SIGTERM)"
 )
 
 
@@ -38,6 +40,18 @@ class CliError(Exception):
     def __init__(self, message: str, *, exit_code: int = EXIT_FAILURE) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM ended the command (after its cleanup ran); exit code 128 + signum."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
 
 
 class UsageError(CliError):

@@ -79,11 +79,17 @@ async def run_load(
     requests: int,
     concurrency: int,
     advance: Callable[[], None],
+    report: LoadReport | None = None,
 ) -> LoadReport:
-    """Make `requests` calls with `concurrency` workers; `advance()` after each one ends."""
+    """Make `requests` calls with `concurrency` workers; `advance()` after each one ends.
+
+    Pass `report` to keep what was measured when the run is cancelled (Ctrl-C): it is filled
+    as calls end, and its `seconds` is set however the run ends.
+    """
     if requests < 1 or concurrency < 1:
         raise ValueError("requests and concurrency must be at least 1")
-    report = LoadReport(requests, min(concurrency, requests))
+    if report is None:
+        report = LoadReport(requests, min(concurrency, requests))
     left = requests
 
     async def worker() -> None:
@@ -102,8 +108,10 @@ async def run_load(
             advance()
 
     started = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        for _ in range(report.concurrency):
-            tg.start_soon(worker)
-    report.seconds = time.perf_counter() - started
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(report.concurrency):
+                tg.start_soon(worker)
+    finally:
+        report.seconds = time.perf_counter() - started
     return report

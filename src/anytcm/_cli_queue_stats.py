@@ -9,11 +9,12 @@ authentication and routing, without any model behind it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
 from ._cli_context import CliContext
-from ._cli_errors import EXIT_FAILURE, EXIT_OK, report
+from ._cli_errors import EXIT_FAILURE, EXIT_OK, Interrupted, report
 from ._cli_load import LoadReport, run_load
 from ._cli_output import console, format_ms, print_json, print_table, progress_bar
 
@@ -52,6 +53,7 @@ def _once(context: CliContext) -> int:
 
 def _load(context: CliContext, load: LoadOptions) -> int:
     out = None if context.json else console()  # no rich, no run: say so before the load
+    partial = LoadReport(load.requests, min(load.concurrency, load.requests))
 
     async def hammer() -> LoadReport:
         async with context.client(pool_size=load.pool_size) as client:
@@ -61,28 +63,46 @@ def _load(context: CliContext, load: LoadOptions) -> int:
                     requests=load.requests,
                     concurrency=load.concurrency,
                     advance=advance,
+                    report=partial,
                 )
 
-    result = context.run(hammer)
+    try:
+        result = context.run(hammer)
+    except Interrupted:
+        # What was measured before Ctrl-C / SIGTERM is still a result: show it, then exit 130/143.
+        _print_report(context, load, partial, interrupted=True, out=out)
+        raise
+    _print_report(context, load, result, interrupted=False, out=out)
+    if result.failed:
+        report(f"{result.failed} of {result.requests} calls failed; first: {result.first_error}")
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _print_report(
+    context: CliContext, load: LoadOptions, result: LoadReport, *, interrupted: bool, out: Any
+) -> None:
+    done = result.succeeded + result.failed
     if context.json:
-        print_json(result.as_json())
+        print_json({**result.as_json(), "interrupted": interrupted, "completed": done})
     else:
         latency = result.latency_percentiles()
         rows = [
-            ("requests", f"{result.requests} ({result.succeeded} ok, {result.failed} failed)"),
+            (
+                "requests",
+                f"{result.requests} ({result.succeeded} ok, {result.failed} failed"
+                + (f"; interrupted after {done})" if interrupted else ")"),
+            ),
             ("concurrency", f"{result.concurrency} (pool of {load.pool_size} connections)"),
             ("wall time", f"{result.seconds:.2f} s"),
             ("throughput", f"{result.requests_per_second:,.0f} req/s"),
             *((name, format_ms(latency.get(name))) for name in ("p50", "p95", "p99", "max")),
         ]
         rows += [(f"errors: {name}", str(count)) for name, count in result.errors.items()]
+        title = "interrupted: partial " if interrupted else ""
         print_table(
-            f"queue_stats load on {context.url}:",
+            f"{title}queue_stats load on {context.url}:",
             [("", "left"), ("", "right")],
             rows,
             out=out,
         )
-    if result.failed:
-        report(f"{result.failed} of {result.requests} calls failed; first: {result.first_error}")
-        return EXIT_FAILURE
-    return EXIT_OK

@@ -15,17 +15,22 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from . import __version__
-from ._cli_context import BACKENDS, DEFAULT_TIMEOUT, DEFAULT_URL, CliContext
+from ._cli_context import BACKENDS, DEFAULT_TIMEOUT, DEFAULT_URL, SIGNALS, CliContext
 from ._cli_errors import (
     EXIT_CODES_HELP,
+    EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXPECTED_ERRORS,
+    Interrupted,
     UsageError,
     contains_interrupt,
     describe,
@@ -367,14 +372,31 @@ def _configure_logging(verbose: bool) -> None:
             library.addHandler(logging.NullHandler())
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Parse and run one command; returns its exit code (argparse exits 2 by itself)."""
+def run(argv: Sequence[str] | None = None, *, keep_signal_handlers: bool = False) -> int:
+    """Parse and run one command; returns its exit code (argparse exits 2 by itself).
+
+    SIGINT/SIGTERM handlers (`SIGNALS`) are installed for the run and restored after it,
+    unless `keep_signal_handlers` (the `anytcm` process itself: a second Ctrl-C while it
+    exits must not turn into a KeyboardInterrupt traceback)."""
     args = build_parser().parse_args(argv)
     if args.command == "serve-dev":
         from .testing._main import serve_from_arguments
 
         serve_from_arguments(args)
         return EXIT_OK
+    SIGNALS.install()
+    try:
+        return _run_command(args)
+    except Interrupted as exc:
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    finally:
+        if not keep_signal_handlers:
+            SIGNALS.uninstall()
+
+
+def _run_command(args: argparse.Namespace) -> int:
     _configure_logging(args.verbose)
     try:
         context = _context(args)
@@ -384,7 +406,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args, context)
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        raise
+    except BrokenPipeError:
+        raise  # stdout's reader went away (`| head`): nothing to tell it; see main()
     except EXPECTED_ERRORS as exc:
         code = exit_code_for(exc)
         report(describe(exc))
@@ -402,5 +426,34 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
-    """The `anytcm` entry point: run the command and exit with its code."""
-    sys.exit(run(argv))
+    """The `anytcm` entry point: run the command and exit with its code.
+
+    A closed stdout (`anytcm --json ... | head -c 10`) ends the run quietly with exit code 1,
+    as Python's documentation recommends (stdout is pointed at /dev/null so that the final
+    flush cannot fail again).
+    """
+    try:
+        code = run(argv, keep_signal_handlers=True)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(EXIT_FAILURE)
+    if code >= 128:  # a signal: one more arriving while the interpreter shuts down is moot
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+        _exit_despite_threads(code)
+    sys.exit(code)
+
+
+def _exit_despite_threads(code: int, grace: float = 2.0) -> None:
+    """After a signal, a non-daemon thread (a library's worker) must not keep us alive."""
+    deadline = time.monotonic() + grace
+    for thread in threading.enumerate():
+        if thread is threading.current_thread() or thread.daemon:
+            continue
+        thread.join(max(deadline - time.monotonic(), 0))
+        if thread.is_alive():
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)

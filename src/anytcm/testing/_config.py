@@ -6,9 +6,13 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ._faults import FaultSwitchError, parse_assignment
+from ._faults import FaultSwitchError, FaultSwitches, parse_assignment
 
 JOB_TYPES = ("info", "management", "inference")
+
+
+class ConfigError(ValueError):
+    """A bad `serve-dev` option: reported as one line, exit code 2 (see `_main`)."""
 
 
 @dataclass
@@ -99,8 +103,11 @@ def _per_type(values: Sequence[str], defaults: dict[str, int], option: str) -> d
     for text in values:
         key, value = parse_assignment(text)
         if key not in JOB_TYPES:
-            raise SystemExit(f"{option}: job type must be one of {JOB_TYPES}, got {key!r}")
-        result[key] = int(value)
+            raise ConfigError(f"{option}: job type must be one of {JOB_TYPES}, got {key!r}")
+        try:
+            result[key] = int(value)
+        except ValueError:
+            raise ConfigError(f"{option}: {key}: not an integer: {value!r}") from None
     return result
 
 
@@ -109,8 +116,9 @@ def config_from_arguments(args: argparse.Namespace) -> ServerConfig:
     base = ServerConfig()
     try:
         faults = [parse_assignment(text) for text in args.fault]
+        FaultSwitches().apply(faults)  # an unknown switch or bad value: refused before binding
     except FaultSwitchError as exc:
-        raise SystemExit(f"--fault: {exc}") from None
+        raise ConfigError(f"--fault: {exc}") from None
     return ServerConfig(
         host=args.host,
         port=args.port,

@@ -133,7 +133,7 @@ class ReferenceServer:
             self.port = next(iter(server.sockets)).getsockname()[1]
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
-            loop.add_signal_handler(signal.SIGINT, self._stop.set)
+            loop.add_signal_handler(signal.SIGINT, self._on_sigint)
             background = [
                 asyncio.create_task(self.scheduler.run()),
                 asyncio.create_task(self._housekeeping()),
@@ -155,6 +155,10 @@ class ReferenceServer:
                 for client in list(self.live):
                     client.ws.transport.abort()  # no close frame: clients see 1006
                 self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _on_sigint(self) -> None:
+        logger.warning("SIGINT: stopping")
+        self._stop.set()
 
     def _on_sigterm(self) -> None:
         if not self._stopping:
