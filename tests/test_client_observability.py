@@ -1,7 +1,9 @@
-"""Client observability: counters and latency histograms, log records, OpenTelemetry spans.
+"""Client observability: counters and latency histograms, log records, OpenTelemetry spans and
+metrics.
 
 Real requests against the reference manager; the spans are collected by the OpenTelemetry SDK's
-in-memory exporter, installed once as the process's tracer provider.
+in-memory exporter, installed once as the process's tracer provider; the metrics by an in-memory
+metric reader, behind a meter provider installed for one test at a time.
 """
 
 from __future__ import annotations
@@ -9,19 +11,25 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import numpy as np
 import pytest
 from opentelemetry import trace
+from opentelemetry.metrics import _internal as metrics_api
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 
 import anytcm
 from _client_helpers import OPENSTACK, REF, f32, infer_double, slow_inputs, text
-from anytcm.observability import LatencyHistogram
+from anytcm.observability import LatencyHistogram, Recorder
+from anytcm.retry import RetryPolicy
 from anytcm.testing import ReferenceManager
 
 pytestmark = pytest.mark.anyio
@@ -43,6 +51,40 @@ def spans() -> InMemorySpanExporter:
     if trace.get_tracer_provider() is not provider:
         pytest.skip("another tracer provider was installed earlier in this process")
     return exporter
+
+
+@pytest.fixture
+def meter(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemoryMetricReader]:
+    """A meter provider with an in-memory reader, the process's provider for this test only.
+
+    `metrics.set_meter_provider` works once per process, so the API's global is patched (and
+    restored by monkeypatch) instead; anytcm makes its instruments afresh for a new provider.
+    """
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    monkeypatch.setattr(metrics_api, "_METER_PROVIDER", provider)
+    yield reader
+    provider.shutdown()
+
+
+def points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
+    """The data points of the `anytcm` meter, by instrument name."""
+    data = reader.get_metrics_data()
+    found: dict[str, list[Any]] = {}
+    assert data is not None
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            if scope.scope.name != "anytcm":
+                continue
+            assert scope.scope.version == anytcm.__version__
+            for metric in scope.metrics:
+                found[metric.name] = list(metric.data.data_points)
+    return found
+
+
+def server_of(url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    return {"server.address": parts.hostname, "server.port": parts.port}
 
 
 # -- the histogram on its own ------------------------------------------------------------------
@@ -151,6 +193,11 @@ async def test_a_span_per_request(manager: ReferenceManager, spans: InMemorySpan
     finished = spans.get_finished_spans()
     assert [s.name for s in finished] == ["anytcm infer", "anytcm infer", "anytcm info"]
     ok, failed, info = finished
+    assert {s.kind for s in finished} == {SpanKind.CLIENT}
+    server = server_of(manager.ws_url)
+    for span in finished:
+        assert span.attributes is not None
+        assert {k: span.attributes[k] for k in server} == server
     assert ok.attributes is not None
     assert ok.attributes["anytcm.model"] == "double"
     assert ok.attributes["anytcm.outcome"] == "ok"
@@ -171,3 +218,96 @@ async def test_tracing_false_makes_no_spans(
         result = await client.infer("double", {"INPUT0": np.ones(2, np.float32)}, target=REF)
         assert result.as_numpy("OUTPUT0").tolist() == [2.0, 2.0]
     assert spans.get_finished_spans() == ()
+
+
+def test_server_attributes_come_from_the_url() -> None:
+    assert Recorder(False, url="wss://tcm.example:9443/ws")._server == {
+        "server.address": "tcm.example",
+        "server.port": 9443,
+    }
+    assert Recorder(False, url="wss://tcm.example/ws")._server == {
+        "server.address": "tcm.example",
+        "server.port": 443,
+    }
+    assert Recorder(False, url="ws://[::1]/ws")._server == {
+        "server.address": "::1",
+        "server.port": 80,
+    }
+    assert Recorder(False)._server == {}
+
+
+async def test_metrics_instruments_follow_real_requests(
+    manager: ReferenceManager, meter: InMemoryMetricReader
+) -> None:
+    async with anytcm.connect(manager.ws_url, pool_size=2, tracing=False) as client:
+        for i in range(3):
+            await infer_double(client, f32(i))
+        with pytest.raises(anytcm.InferenceFailed):
+            await client.infer("no-such-model", {"INPUT0": f32(1)}, target=REF)
+        await client.info.queue_stats()
+    found = points(meter)
+    server = server_of(manager.ws_url)
+
+    duration = {
+        (p.attributes["anytcm.request.kind"], p.attributes.get("anytcm.model")): p
+        for p in found["anytcm.client.operation.duration"]
+    }
+    assert set(duration) == {("infer", "double"), ("infer", "no-such-model"), ("info", None)}
+    ok = duration["infer", "double"]
+    assert dict(ok.attributes) == {
+        "anytcm.request.kind": "infer",
+        "anytcm.model": "double",
+        **server,
+    }  # no error.type: it succeeded
+    assert ok.count == 3
+    assert 0 < ok.min <= ok.max < 30
+    assert ok.explicit_bounds[0] == pytest.approx(1e-4)  # seconds, anytcm's own buckets
+    assert duration["info", None].count == 1
+    failed = duration["infer", "no-such-model"]
+    assert failed.count == 1
+    assert failed.attributes["error.type"] == "InferenceFailed"
+
+    (failure,) = found["anytcm.client.failures"]
+    assert failure.value == 1
+    assert dict(failure.attributes) == dict(failed.attributes)
+    assert "anytcm.client.retries" not in found  # nothing retried, nothing reconnected
+    assert "anytcm.client.reconnects" not in found
+
+
+async def test_retries_reach_the_retries_counter(
+    manager: ReferenceManager, meter: InMemoryMetricReader
+) -> None:
+    manager.set_faults(**{"error.double": "TRITON_TIMEOUT:1"})
+    try:
+        policy = RetryPolicy(attempts=3, base=0.0, cap=0.0)
+        async with anytcm.connect(manager.ws_url, pool_size=1, retry=policy) as client:
+            await infer_double(client, f32(1, 2))
+            assert client.stats["retries"] == 1
+    finally:
+        manager.reset_faults()
+    (retries,) = points(meter)["anytcm.client.retries"]
+    assert retries.value == 1
+    assert dict(retries.attributes) == server_of(manager.ws_url)
+
+
+def test_retries_and_reconnects_are_added_as_they_grow(meter: InMemoryMetricReader) -> None:
+    totals = [0, 0]
+    recorder = Recorder(False, url="ws://tcm:8000/ws", totals=lambda: (totals[0], totals[1]))
+    recorder.begin("info", None).end()
+    totals[:] = [2, 1]
+    recorder.begin("info", None).end()
+    recorder.begin("info", None).end()  # unchanged totals: nothing added
+    totals[1] = 3
+    recorder.begin("info", None).end()
+    found = points(meter)
+    assert [p.value for p in found["anytcm.client.retries"]] == [2]
+    assert [p.value for p in found["anytcm.client.reconnects"]] == [3]
+    assert found["anytcm.client.operation.duration"][0].count == 4
+
+
+def test_without_an_sdk_the_instruments_are_no_ops() -> None:
+    recorder = Recorder(False, url="ws://tcm:8000/ws", totals=lambda: (1, 1))
+    assert recorder._otel is not None  # the API's proxy instruments: they record nowhere
+    with recorder.begin("infer", "double"):
+        pass
+    assert recorder.metrics.requests == {"infer": 1}

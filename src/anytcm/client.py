@@ -1170,7 +1170,11 @@ async def connect(
         max_frame_bytes=max_frame_bytes,
         retry=retry or RetryPolicy(),
         same_host=_is_loopback(url) if same_host is None else same_host,
-        recorder=Recorder(tracing),
+        recorder=Recorder(
+            tracing,
+            url=url,
+            totals=lambda: (client.retries if client else 0, pool.stats.reconnects),
+        ),
     )
     try:
         async with anyio.create_task_group() as tg:

@@ -10,10 +10,13 @@ because that is what the application feels. Three outlets, all fed from one plac
 * **logging** (logger `anytcm.client`): one DEBUG record per request with structured fields
   in `extra` (`kind`, `model`, `outcome`, `latency_ms`), so a JSON log formatter gets them as
   keys. Reconnects and retries are logged at INFO by the pool and the client.
-* **OpenTelemetry** (`pip install "anytcm[otel]"`): a span per request, named
-  `anytcm <kind>`, with the model and outcome as attributes and the error recorded. Only
-  `opentelemetry-api` is needed; spans go wherever the application's SDK sends them (nowhere
-  without one). Turned off with `connect(..., tracing=False)`.
+* **OpenTelemetry** (`pip install "anytcm[otel]"`): a CLIENT span per request, named
+  `anytcm <kind>`, with the model, outcome and manager (`server.address`, `server.port`) as
+  attributes and the error recorded; turned off with `connect(..., tracing=False)`. And the
+  counters and latency histograms again as metric instruments of the meter `anytcm`, on
+  whenever the API is installed (drop them with an SDK View if unwanted). Only
+  `opentelemetry-api` is needed; spans and metrics go wherever the application's SDK sends
+  them (nowhere without one).
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
+from urllib.parse import urlsplit
 
 __all__ = ("ClientMetrics", "LatencyHistogram", "RequestKind")
 
@@ -97,9 +102,20 @@ class ClientMetrics:
 
 
 class Recorder:
-    """Feeds the three outlets; one per client."""
+    """Feeds the three outlets; one per client.
 
-    def __init__(self, tracing: bool | None) -> None:
+    `url` is the manager's (for the `server.address`/`server.port` attributes); `totals`
+    returns the client's (retries, reconnects) so far, read when a request ends and added to
+    the OpenTelemetry counters as they grow.
+    """
+
+    def __init__(
+        self,
+        tracing: bool | None,
+        *,
+        url: str | None = None,
+        totals: Callable[[], tuple[int, int]] | None = None,
+    ) -> None:
         self.metrics = ClientMetrics()
         self._tracer: Any = _tracer() if tracing is not False else None
         if tracing and self._tracer is None:
@@ -107,9 +123,51 @@ class Recorder:
                 'tracing=True needs OpenTelemetry: pip install "anytcm[otel]" '
                 "(or opentelemetry-api)"
             )
+        self._server: dict[str, str | int] = _server_attributes(url)
+        self._span_kind: Any = None
+        if self._tracer is not None:
+            from opentelemetry.trace import SpanKind
+
+            self._span_kind = SpanKind.CLIENT
+        self._otel: _Instruments | None = _instruments()
+        self._totals = totals
+        self._seen_retries = 0
+        self._seen_reconnects = 0
+        # Attribute dicts by (kind, model, outcome): built once, so recording does not build one.
+        self._attributes: dict[tuple[str, str | None, str], dict[str, str | int]] = {}
 
     def begin(self, kind: RequestKind, model: str | None) -> Observation:
         return Observation(self, kind, model)
+
+    def _export(self, kind: str, model: str | None, outcome: str, elapsed: float) -> None:
+        """Record one ended request on the OpenTelemetry instruments (`_otel` is set).
+
+        One measurement per successful request: with the SDK each costs ~10-20 us, mostly
+        hashing the attributes, so the duration histogram's count doubles as the request count
+        (as in OpenTelemetry's semantic conventions); failures add one to `failures` too.
+        """
+        otel = self._otel
+        assert otel is not None
+        key = (kind, model, outcome)
+        attributes = self._attributes.get(key)
+        if attributes is None:
+            attributes = {"anytcm.request.kind": kind, **self._server}
+            if model is not None:
+                attributes["anytcm.model"] = model
+            if outcome != "ok":
+                attributes["error.type"] = outcome
+            self._attributes[key] = attributes
+        otel.duration.record(elapsed, attributes)
+        if outcome != "ok":
+            otel.failures.add(1, attributes)
+        if self._totals is not None:
+            retries, reconnects = self._totals()
+            if retries != self._seen_retries:
+                otel.retries.add(retries - self._seen_retries, self._server)
+                self._seen_retries = retries
+            if reconnects != self._seen_reconnects:
+                otel.reconnects.add(reconnects - self._seen_reconnects, self._server)
+                self._seen_reconnects = reconnects
 
 
 class Observation:
@@ -126,10 +184,12 @@ class Observation:
         tracer = recorder._tracer
         self._span: Any = None
         if tracer is not None:
-            attributes: dict[str, str] = {"anytcm.request.kind": kind}
+            attributes: dict[str, str | int] = {"anytcm.request.kind": kind, **recorder._server}
             if model is not None:
                 attributes["anytcm.model"] = model
-            self._span = tracer.start_span(f"anytcm {kind}", attributes=attributes)
+            self._span = tracer.start_span(
+                f"anytcm {kind}", kind=recorder._span_kind, attributes=attributes
+            )
         self._start = time.perf_counter()
 
     def __enter__(self) -> Observation:  # noqa: PYI034 - not meant to be subclassed
@@ -164,6 +224,8 @@ class Observation:
             metrics.errors[outcome] += 1
         if self._span is not None:
             _end_span(self._span, outcome, error)
+        if self._recorder._otel is not None:
+            self._recorder._export(kind, self._model, outcome, elapsed)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "%s %s: %s in %.3f ms",
@@ -194,6 +256,82 @@ def _tracer() -> Any:
     from . import __version__
 
     return trace.get_tracer("anytcm", __version__)
+
+
+def _server_attributes(url: str | None) -> dict[str, str | int]:
+    """`server.address` and `server.port` of a ws:// or wss:// URL (empty without one)."""
+    if url is None:
+        return {}
+    parts = urlsplit(url)
+    attributes: dict[str, str | int] = {}
+    if parts.hostname:
+        attributes["server.address"] = parts.hostname
+    try:
+        port = parts.port
+    except ValueError:  # a malformed port: the transport reports it, not the recorder
+        port = None
+    if port is None:
+        port = {"ws": 80, "http": 80, "wss": 443, "https": 443}.get(parts.scheme)
+    if port is not None:
+        attributes["server.port"] = port
+    return attributes
+
+
+class _Instruments(NamedTuple):
+    failures: Any
+    retries: Any
+    reconnects: Any
+    duration: Any
+
+
+# The instruments of the current meter provider: (provider, instruments). Made once per
+# provider rather than per client, so that many clients share them (the API's proxy provider,
+# used until an SDK is installed, keeps every meter and instrument made from it).
+_made: tuple[object, _Instruments] | None = None
+
+
+def _instruments() -> _Instruments | None:
+    """The `anytcm` meter's instruments, or None without `opentelemetry-api`."""
+    global _made  # a one-entry cache
+    try:
+        from opentelemetry import metrics
+    except ImportError:
+        return None
+    provider = metrics.get_meter_provider()
+    if _made is not None and _made[0] is provider:
+        return _made[1]
+    from . import __version__
+
+    meter = provider.get_meter("anytcm", __version__)
+    try:
+        duration = meter.create_histogram(
+            "anytcm.client.operation.duration",
+            unit="s",
+            description="Duration of anytcm requests, as the caller waits for them",
+            explicit_bucket_boundaries_advisory=_BOUNDS,
+        )
+    except TypeError:  # pragma: no cover - opentelemetry-api < 1.23: no bucket advice
+        duration = meter.create_histogram(
+            "anytcm.client.operation.duration",
+            unit="s",
+            description="Duration of anytcm requests, as the caller waits for them",
+        )
+    instruments = _Instruments(
+        failures=meter.create_counter(
+            "anytcm.client.failures", unit="{request}", description="Requests that failed"
+        ),
+        retries=meter.create_counter(
+            "anytcm.client.retries", unit="{retry}", description="Attempts re-sent"
+        ),
+        reconnects=meter.create_counter(
+            "anytcm.client.reconnects",
+            unit="{connection}",
+            description="Connections replaced after a loss",
+        ),
+        duration=duration,
+    )
+    _made = (provider, instruments)
+    return instruments
 
 
 def _end_span(span: Any, outcome: str, error: BaseException | None) -> None:
