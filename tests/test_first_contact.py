@@ -7,6 +7,7 @@ cases, `tests/_hostile.py`'s server where the test needs to see or script the HT
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -127,3 +128,17 @@ async def test_a_transport_for_the_wrong_event_loop_is_one_clear_error(
             pass
     single(caught.value)  # before: an ExceptionGroup with one copy per connection of the pool
     assert anyio.current_time() - started < 10  # no retrying until connect_timeout
+
+
+def test_the_library_logs_nothing_until_the_application_configures_logging() -> None:
+    """A NullHandler on `anytcm`: Python's last-resort handler does not print its warnings."""
+    code = (
+        "import logging, anytcm\n"
+        "logging.getLogger('anytcm.readiness').warning('manager not ready: 503')\n"
+        "logging.getLogger('other').warning('an application warning')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "manager not ready" not in done.stderr
+    assert "an application warning" in done.stderr  # the application's own still show
