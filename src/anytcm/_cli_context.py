@@ -121,16 +121,19 @@ class CliContext:
 
 
 def _thread_safe_caller() -> Callable[[Callable[[], object]], object]:
-    """How to schedule a callback on the running loop from a signal handler."""
-    import sniffio
+    """How to schedule a callback on the running loop from a signal handler.
 
-    if sniffio.current_async_library() == "trio":
+    The backend is told by asking asyncio for a running loop (anyio's two backends: asyncio,
+    else trio), not by sniffio, which is not among anytcm's dependencies.
+    """
+    import asyncio
+
+    try:
+        return asyncio.get_running_loop().call_soon_threadsafe
+    except RuntimeError:
         import trio
 
         return trio.lowlevel.current_trio_token().run_sync_soon  # documented signal-safe
-    import asyncio
-
-    return asyncio.get_running_loop().call_soon_threadsafe
 
 
 class SignalHandling:
