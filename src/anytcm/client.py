@@ -623,9 +623,10 @@ class AsyncClient:
         except RequestTimeout as exc:
             raise _caller_timeout(exc, seconds, "pipeline") from None
         results: dict[str, InferResult] = {}
-        inputs_of = {(s[2] if len(s) > 2 else s[0]): s[1] for s in steps}
+        # A step's reply key is its name, else its model (as the manager keys them).
+        by_key = {(s[2] if len(s) > 2 else None) or s[0]: (s[0], s[1]) for s in steps}
         for key, step_outputs in (completed.outputs or {}).items():
-            model = next((s.model_name for s in wire_steps if (s.name or s.model_name) == key), key)
+            model, step_inputs = by_key.get(key, (key, {}))
             with reply_shape("pipeline", completed.outputs):
                 outputs = wire.decode_raw_dict(step_outputs)
             results[key] = InferResult(
@@ -633,7 +634,7 @@ class AsyncClient:
                 outputs,
                 dict((output_dtypes or {}).get(key, {})),
                 self.model_spec(model, target),
-                shared_float_dtype(_input_values(inputs_of.get(key, {}))),
+                shared_float_dtype(_input_values(step_inputs)),
             )
         return results
 

@@ -13,7 +13,6 @@ one, beyond that they get `Backpressure` at once instead of an unbounded queue.
 from __future__ import annotations
 
 import logging
-import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -42,13 +41,13 @@ from .transport import TransportFactory, TransportOptions
 
 logger = logging.getLogger("anytcm.pool")
 
-# Network failures as the layers under a transport raise them (anyio streams, ssl, sockets).
+# Network failures as the layers under a transport raise them (sockets and ssl.SSLError are
+# OSError; anyio's streams raise their own).
 _NETWORK_ERRORS = (
     OSError,
     anyio.EndOfStream,
     anyio.BrokenResourceError,
     anyio.ClosedResourceError,
-    ssl.SSLError,
 )
 
 READY_POLL_INTERVAL = 0.25  # seconds between /ready checks while the manager answers 503

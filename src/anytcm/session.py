@@ -106,12 +106,12 @@ class Session:
         # check): the hot paths ask it a few times per request. A session that has ended is
         # never picked again, so a retry loop cannot keep choosing it.
         self.ended = False
-        self._lost = False  # `_lose` ran: frames still arriving are dropped
         self._send_failure: ConnectionLost | None = None
         # The close frame this side sends when the session ends (1002 after a malformed frame).
         self.close_with: tuple[int, str] = (1000, "")
         self._settled = anyio.Event()  # set when an abandoned inference's late answer arrived
         self.stream_error: TcmError | None = None  # why the current stream ended early
+        # Set once, by `_lose`: from then on frames still arriving are dropped.
         self.close_error: ConnectionLost | None = None
         self.stale_replies = 0
         self.draining = False  # takes no new requests; closed once the pending ones are done
@@ -165,7 +165,7 @@ class Session:
         try:
             if isinstance(transport, MessageSink):
                 transport.deliver_to(self._receive)
-            while not self._lost:
+            while self.close_error is None:
                 self._receive(await transport.receive())
         except ConnectionLost as exc:
             error = self._ending or exc
@@ -185,7 +185,7 @@ class Session:
 
     def _receive(self, data: bytes) -> None:
         """Handle one inbound message (in the reader task, or in the transport's callback)."""
-        if self._lost:
+        if self.close_error is not None:
             return  # the connection is being closed: nothing more is routed
         try:
             self._dispatch(self.protocol.receive(data))
@@ -207,9 +207,8 @@ class Session:
         self._lose(error)
 
     def _lose(self, error: ConnectionLost) -> None:
-        if self._lost:
+        if self.close_error is not None:
             return
-        self._lost = True
         self.close_error = error
         for failed in self.protocol.connection_lost(error):
             self._dispatch(failed)

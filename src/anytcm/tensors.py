@@ -539,7 +539,7 @@ def decode_output(
     text = _as_bytes(raw).strip()
     if not text:
         raise InvalidInput("an output value is empty, not JSON", expected="JSON", given=raw)
-    limit = _MAX_RANK if shape is None else _depth_limit(shape)
+    limit = _depth_limit(shape)
     # A regular array's first element is nested as deep as all the others, so the brackets
     # that open the text are its rank: deeper is refused here, before anything is parsed. An
     # element nested deeper further on makes the array ragged, which every path refuses.
