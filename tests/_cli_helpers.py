@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from anytcm._cli_context import SIGNALS
 from anytcm.cli import main
+from anytcm.cli._context import SIGNALS
 
 BACKENDS = ["asyncio", "trio"]
 

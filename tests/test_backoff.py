@@ -166,10 +166,10 @@ async def test_supervisor_waits_the_backoff_sequence_between_attempts() -> None:
 
     import anyio
 
-    from anytcm._ws_transport import WebsocketsTransportFactory
+    from anytcm._core.pool import Pool, PoolSettings
     from anytcm.errors import ConnectError
-    from anytcm.pool import Pool, PoolSettings
     from anytcm.transport import TransportOptions
+    from anytcm.transports._websockets import WebsocketsTransportFactory
 
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))

@@ -238,7 +238,7 @@ def test_carriers_list_json_and_table(capsys: pytest.CaptureFixture[str]) -> Non
     listing = as_json.json()
     carriers = {row["name"]: row for row in listing["carriers"]}
     assert carriers["json"]["distribution"] == "anytcm"
-    assert carriers["json"]["object"] == "anytcm._json_carrier:JsonCarrier"
+    assert carriers["json"]["object"] == "anytcm.carriers._json:JsonCarrier"
     assert carriers["shm"]["version"]
     assert "zstd" in carriers  # plugins/anytcm-zstd is installed in the test environment
     assert carriers["zstd"]["distribution"] == "anytcm-zstd"
@@ -246,7 +246,7 @@ def test_carriers_list_json_and_table(capsys: pytest.CaptureFixture[str]) -> Non
     assert "websockets" in transports
     table = cli(capsys, "carriers", "list")
     assert table.code == 0
-    for text in ("anytcm._shm_carrier:ShmCarrier", "anytcm-zstd", "websockets", "transports"):
+    for text in ("anytcm.carriers._shm:ShmCarrier", "anytcm-zstd", "websockets", "transports"):
         assert text in table.out
 
 

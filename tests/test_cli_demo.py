@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import pytest
 
 import anytcm
-from anytcm._cli_demo import DemoRow, _infer_row, _queue_stats_row, _stream_row
+from anytcm.cli._demo import DemoRow, _infer_row, _queue_stats_row, _stream_row
 from anytcm.plugins import carrier_names
 from anytcm.testing import ReferenceManager
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from anytcm._json_carrier import JsonCarrier
+from anytcm.carriers._json import JsonCarrier
 from anytcm.testing.carriers import CarrierConformance
 
 

@@ -1,4 +1,4 @@
-"""The one-shot signal every request waits on (`anytcm._oneshot`), on asyncio and trio.
+"""The one-shot signal every request waits on (`anytcm._core.deadlines`), on asyncio and trio.
 
 The deadlines are served by the owner's timers (`new_timers()`: one loop timer handle on
 asyncio, one timer task on trio), or without them by each wait itself. The same behaviour is
@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 
-from anytcm._oneshot import Timers, new_timers, oneshot
+from anytcm._core.deadlines import Timers, new_timers, oneshot
 
 pytestmark = pytest.mark.anyio
 

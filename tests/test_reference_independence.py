@@ -1,4 +1,8 @@
-"""The reference manager must not share code with the client it is there to check."""
+"""The reference manager must not share code with the client it is there to check.
+
+The rule is a whole-folder one: `anytcm/testing/_manager/` imports the standard library,
+third-party packages and itself, nothing else, and no file in it is exempt.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import anytcm.testing
+import anytcm.testing._manager
 
-TESTING_DIR = Path(anytcm.testing.__file__).parent
+MANAGER_DIR = Path(anytcm.testing._manager.__file__).parent
+MANAGER_PACKAGE = "anytcm.testing._manager"
 
 
 def _imported_modules(path: Path) -> list[tuple[str, int]]:
@@ -23,31 +28,29 @@ def _imported_modules(path: Path) -> list[tuple[str, int]]:
     return found
 
 
-# The carrier conformance kit is client-side test support (it drives carriers); everything else
-# in anytcm.testing is the reference manager, which must share no code with the client.
-CLIENT_SIDE_KIT = {"carriers.py"}
-
-
 def test_reference_manager_sources_import_nothing_from_the_client() -> None:
-    """Every import of the server is stdlib, third party, or anytcm.testing's server itself."""
+    """Every import in the manager's folder is stdlib, third party, or the folder itself."""
+    sources = sorted(MANAGER_DIR.rglob("*.py"))
+    assert len(sources) > 5  # the folder really holds the server
     offenders = []
-    for path in sorted(TESTING_DIR.glob("*.py")):
-        if path.name in CLIENT_SIDE_KIT:
-            continue
+    for path in sources:
+        depth = len(path.relative_to(MANAGER_DIR).parts) - 1  # levels below _manager/
         for module, level in _imported_modules(path):
-            escapes_package = level > 1
-            absolute_client = level == 0 and module.split(".")[0] == "anytcm"
-            if (escapes_package or absolute_client) and not module.startswith("anytcm.testing"):
+            escapes_folder = level > depth + 1
+            absolute = level == 0 and module.split(".")[0] == "anytcm"
+            if escapes_folder or (absolute and not module.startswith(MANAGER_PACKAGE)):
                 offenders.append(f"{path.name}: {'.' * level}{module}")
     assert offenders == []
 
 
 def test_running_server_loads_no_client_module() -> None:
-    """Importing the server loads no anytcm module outside anytcm.testing (besides the root)."""
+    """Importing the server loads no anytcm module outside its folder (besides the packages
+    that contain it, whose `__init__` modules load nothing of the client either)."""
     probe = (
-        "import sys, anytcm.testing._server;"
+        "import sys, anytcm.testing._manager.server;"
         "print(sorted(m for m in sys.modules if m.startswith('anytcm')"
-        " and m != 'anytcm' and not m.startswith('anytcm.testing')))"
+        f" and m not in ('anytcm', 'anytcm.testing', 'anytcm.testing._process')"
+        f" and not m.startswith('{MANAGER_PACKAGE}')))"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True

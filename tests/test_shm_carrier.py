@@ -23,9 +23,9 @@ import numpy.typing as npt
 import pytest
 
 import anytcm
-from anytcm import _shm_carrier
-from anytcm._shm_carrier import KEY_PREFIX, ShmCarrier, ShmStaged, sweep_stale_segments
+from anytcm.carriers import _shm as _shm_carrier
 from anytcm.carrier import CarrierContext, InputTensor
+from anytcm.carriers._shm import KEY_PREFIX, ShmCarrier, ShmStaged, sweep_stale_segments
 from anytcm.errors import InvalidInput
 from anytcm.testing import ReferenceManager
 from anytcm.testing.carriers import CarrierConformance
@@ -426,7 +426,7 @@ def test_no_resource_tracker_warnings() -> None:
     script = textwrap.dedent(
         """
         import sys, anyio, numpy as np
-        from anytcm._shm_carrier import ShmCarrier
+        from anytcm.carriers._shm import ShmCarrier
         from anytcm.carrier import InputTensor
 
         async def main():

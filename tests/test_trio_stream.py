@@ -1,4 +1,4 @@
-"""The trio-native plain-TCP stream (`anytcm._trio_stream`), over real loopback sockets.
+"""The trio-native plain-TCP stream (`anytcm.transports._trio_stream`), over real loopback sockets.
 
 The stream only exists on trio, so its contract is tested on trio (this module's
 `anyio_backend` fixture); the one asyncio test checks that plain ws:// on asyncio still takes
@@ -25,10 +25,10 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-from anytcm import _asyncio_stream, _trio_stream
-from anytcm._ws_transport import WebsocketsTransport, WebsocketsTransportFactory
+from anytcm.transports import _asyncio_stream, _trio_stream
 from anytcm.errors import ConnectError
 from anytcm.transport import TransportOptions
+from anytcm.transports._websockets import WebsocketsTransport, WebsocketsTransportFactory
 
 pytestmark = pytest.mark.anyio
 

@@ -28,10 +28,10 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-from anytcm._ws_transport import WebsocketsTransportFactory, _SendGuard
 from anytcm.errors import ConnectError, ConnectionLost, HandshakeRejected
 from anytcm.testing import ReferenceManager
 from anytcm.transport import MessageSink, Transport, TransportFactory, TransportOptions
+from anytcm.transports._websockets import WebsocketsTransportFactory, _SendGuard
 
 pytestmark = pytest.mark.anyio
 

@@ -27,10 +27,12 @@ import numpy as np
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import wire
-from ._json_carrier import JsonCarrier
-from ._oneshot import backend_clock
+from ._core.deadlines import backend_clock
+from ._core.pool import Pool, PoolSettings
+from ._core.session import NotSent, Session
 from .backoff import Backoff
-from .carrier import CarrierContext, InputTensor, Staged, StagedInputs
+from .carriers import CarrierContext, InputTensor, Staged, StagedInputs
+from .carriers._json import JsonCarrier
 from .errors import (
     CarrierUnavailable,
     ClientClosed,
@@ -44,7 +46,6 @@ from .errors import (
 )
 from .observability import ClientMetrics, Observation, Recorder
 from .plugins import carrier_names, load_carrier
-from .pool import Pool, PoolSettings
 from .protocol import InferenceCompleted, InferenceProgress, excerpt_of
 from .readiness import ReadinessGate
 from .results import (
@@ -63,9 +64,8 @@ from .results import (
     shared_float_dtype,
 )
 from .retry import RetryPolicy
-from .session import NotSent, Session
 from .tensors import encode_input
-from .transport import (
+from .transports import (
     DEFAULT_MAX_MESSAGE_SIZE,
     TransportFactory,
     TransportOptions,

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Generic, TypeVar
 
-from .carrier import Carrier
+from .carriers import Carrier
 from .errors import UnknownCarrier
-from .transport import TransportFactory
+from .transports import TransportFactory
 
 CARRIER_GROUP = "anytcm.carriers"
 TRANSPORT_GROUP = "anytcm.transports"
@@ -140,10 +140,10 @@ def _version() -> str:
 
 _carriers: _Registry[Carrier] = _Registry(
     CARRIER_GROUP,
-    {"json": "anytcm._json_carrier:JsonCarrier", "shm": "anytcm._shm_carrier:ShmCarrier"},
+    {"json": "anytcm.carriers._json:JsonCarrier", "shm": "anytcm.carriers._shm:ShmCarrier"},
 )
 _transports: _Registry[TransportFactory] = _Registry(
-    TRANSPORT_GROUP, {"websockets": "anytcm._ws_transport:WebsocketsTransportFactory"}
+    TRANSPORT_GROUP, {"websockets": "anytcm.transports._websockets:WebsocketsTransportFactory"}
 )
 
 

@@ -57,7 +57,7 @@ from .results import (
     VmCreated,
 )
 from .retry import RetryPolicy
-from .transport import DEFAULT_MAX_MESSAGE_SIZE, TransportFactory
+from .transports import DEFAULT_MAX_MESSAGE_SIZE, TransportFactory
 
 _T = TypeVar("_T")
 

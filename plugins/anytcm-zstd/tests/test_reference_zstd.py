@@ -22,8 +22,8 @@ import zstandard
 from websockets.sync.client import ClientConnection, connect
 
 from anytcm.testing import ReferenceManager
-from anytcm.testing._errors import TritonError
-from anytcm.testing._tensors import decode_zstd_input
+from anytcm.testing._manager.errors import TritonError
+from anytcm.testing._manager.tensors import decode_zstd_input
 
 Json = dict[str, Any]
 TIMEOUT = 10.0
@@ -357,7 +357,7 @@ def test_server_modules_do_not_import_zstandard_eagerly() -> None:
 
     probe = (
         "import sys; sys.modules['zstandard'] = None\n"
-        "import anytcm.testing._server, anytcm.testing._inference\n"
+        "import anytcm.testing._manager.server, anytcm.testing._manager.inference\n"
         "print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)

@@ -3,8 +3,11 @@
 `ReferenceManager` runs it as a separate process. The server itself (`anytcm serve-dev`) needs
 the `testing` extra: `pip install "anytcm[testing]"`.
 
-Nothing in this package imports the client's wire, protocol or carrier code, so the reference
-manager can catch the client's mistakes instead of sharing them.
+The server itself lives in `_manager/`, which imports nothing of the client (only the standard
+library, third-party packages and itself; a test enforces it), so the reference manager can
+catch the client's mistakes instead of sharing them. `ReferenceManager` (here) only launches it
+as a process. `anytcm.testing.carriers` is the other side: client-side test support, a
+conformance suite for carrier plugins, which drives the client's carriers.
 """
 
 from __future__ import annotations

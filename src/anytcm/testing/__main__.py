@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._main import main
+from ._manager.main import main
 
 if __name__ == "__main__":
     main()

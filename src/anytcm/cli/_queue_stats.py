@@ -13,10 +13,10 @@ from typing import Any
 
 import msgspec
 
-from ._cli_context import CliContext
-from ._cli_errors import EXIT_FAILURE, EXIT_OK, Interrupted, report
-from ._cli_load import LoadReport, run_load
-from ._cli_output import console, format_ms, print_json, print_table, progress_bar
+from ._context import CliContext
+from ._errors import EXIT_FAILURE, EXIT_OK, Interrupted, report
+from ._load import LoadReport, run_load
+from ._output import console, format_ms, print_json, print_table, progress_bar
 
 
 @dataclass(frozen=True)

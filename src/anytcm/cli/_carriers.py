@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._cli_context import CliContext
-from ._cli_errors import EXIT_OK
-from ._cli_output import console, print_json, print_table
-from .plugins import CARRIER_GROUP, TRANSPORT_GROUP, PluginInfo, autoload_enabled, list_plugins
+from ..plugins import CARRIER_GROUP, TRANSPORT_GROUP, PluginInfo, autoload_enabled, list_plugins
+from ._context import CliContext
+from ._errors import EXIT_OK
+from ._output import console, print_json, print_table
 
 
 def run_carriers_list(context: CliContext) -> int:

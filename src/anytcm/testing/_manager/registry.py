@@ -12,8 +12,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._errors import TritonError
-from ._zoo import MODELS, Model
+from .errors import TritonError
+from .zoo import MODELS, Model
 
 # The keys `creation` needs under `openstack` (config/openstack.yaml.example `creation_variables`).
 CREATION_VARIABLES = ("name", "keypair", "image_id", "security", "flavor_id", "network_id")

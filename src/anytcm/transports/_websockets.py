@@ -62,16 +62,16 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import WebSocketURI, parse_uri
 
-from . import _asyncio_stream
-from ._log_redaction import FRAME_LOGGER
-from .errors import ConnectError, ConnectionLost, HandshakeRejected, permanent_http_status
-from .transport import (
+from ..errors import ConnectError, ConnectionLost, HandshakeRejected, permanent_http_status
+from . import (
     Transport,
     TransportOptions,
+    _asyncio_stream,
     collapse_exception_group,
     connection_lost,
     tls_connect_error,
 )
+from ._log_redaction import FRAME_LOGGER
 
 if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
     # anyio depends on the backport below 3.11.

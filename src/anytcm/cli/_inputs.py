@@ -27,9 +27,9 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from ._cli_errors import UsageError
-from .errors import InvalidInput
-from .tensors import SUPPORTED_DATATYPES, numpy_dtype
+from ..errors import InvalidInput
+from ..tensors import SUPPORTED_DATATYPES, numpy_dtype
+from ._errors import UsageError
 
 Array = npt.NDArray[Any]
 

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ._cli_context import CliContext
-from ._cli_errors import EXIT_OK, UsageError
-from ._cli_output import print_json
-from .results import Target
-from .tensors import triton_datatype
+from ..results import Target
+from ..tensors import triton_datatype
+from ._context import CliContext
+from ._errors import EXIT_OK, UsageError
+from ._output import print_json
 
 Array = npt.NDArray[Any]
 

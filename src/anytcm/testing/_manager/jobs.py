@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._config import JOB_TYPES, ServerConfig
+from .config import JOB_TYPES, ServerConfig
 
 
 @dataclass

@@ -29,13 +29,13 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from ._config import JOB_TYPES, ServerConfig
-from ._faults import FaultSwitchError, FaultSwitches
-from ._framecap import capped_connection
-from ._inference import InferenceHandler
-from ._jobs import Job, JobScheduler
-from ._metrics import ServerMetrics
-from ._registry import MANAGEMENT_ACTIONS, ManagementFailure, Registry
+from .config import JOB_TYPES, ServerConfig
+from .faults import FaultSwitchError, FaultSwitches
+from .framecap import capped_connection
+from .inference import InferenceHandler
+from .jobs import Job, JobScheduler
+from .metrics import ServerMetrics
+from .registry import MANAGEMENT_ACTIONS, ManagementFailure, Registry
 
 logger = logging.getLogger("anytcm.testing.server")
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ._errors import TritonError
+from .errors import TritonError
 
 # Triton API datatype -> numpy dtype (infer.py:39-52); BYTES is an object array of bytes.
 NUMPY_DTYPES: dict[str, np.dtype[Any]] = {

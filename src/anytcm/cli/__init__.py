@@ -22,9 +22,9 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from . import __version__
-from ._cli_context import BACKENDS, DEFAULT_TIMEOUT, DEFAULT_URL, SIGNALS, CliContext
-from ._cli_errors import (
+from .. import __version__
+from ._context import BACKENDS, DEFAULT_TIMEOUT, DEFAULT_URL, SIGNALS, CliContext
+from ._errors import (
     EXIT_CODES_HELP,
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Run MODEL on the target server (--vm-ip, --container-id) with inputs read from "
         "files; print the outputs, or save them with --save.",
     )
-    from ._cli_inputs import INPUT_HELP
+    from ._inputs import INPUT_HELP
 
     infer.add_argument("model", help="the model name")
     infer.add_argument("--vm-ip", required=True, help="the target Triton server's VM address")
@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the anytcm reference manager: an independent implementation of the "
         "TCM server with a numpy model zoo and fault switches. SIGTERM drains, Ctrl-C stops.",
     )
-    from .testing._main import build_parser as build_serve_parser
+    from ..testing._manager.main import build_parser as build_serve_parser
 
     build_serve_parser(serve)
     return parser
@@ -317,15 +317,15 @@ def _token(args: argparse.Namespace) -> str | None:
 
 def _dispatch(args: argparse.Namespace, context: CliContext) -> int:
     if args.command == "demo":
-        from ._cli_demo import run_demo
+        from ._demo import run_demo
 
         return run_demo(context, rounds=args.rounds, port=args.port, only=args.carrier)
     if args.command == "ready":
-        from ._cli_ready import run_ready
+        from ._ready import run_ready
 
         return run_ready(context)
     if args.command == "queue-stats":
-        from ._cli_queue_stats import LoadOptions, run_queue_stats
+        from ._queue_stats import LoadOptions, run_queue_stats
 
         if args.repeat is None:
             if args.concurrency is not None or args.pool_size is not None:
@@ -335,9 +335,9 @@ def _dispatch(args: argparse.Namespace, context: CliContext) -> int:
         pool_size = args.pool_size or min(concurrency, 8)
         return run_queue_stats(context, LoadOptions(args.repeat, concurrency, pool_size))
     if args.command == "infer":
-        from ._cli_infer import InferOptions, check_save_path, run_infer
-        from ._cli_inputs import parse_output_dtypes, read_inputs
-        from .results import Target
+        from ..results import Target
+        from ._infer import InferOptions, check_save_path, run_infer
+        from ._inputs import parse_output_dtypes, read_inputs
 
         carriers = tuple(name.strip() for name in args.carrier.split(",") if name.strip())
         options = InferOptions(
@@ -351,7 +351,7 @@ def _dispatch(args: argparse.Namespace, context: CliContext) -> int:
         )
         return run_infer(context, options)
     if args.command == "carriers":
-        from ._cli_carriers import run_carriers_list
+        from ._carriers import run_carriers_list
 
         return run_carriers_list(context)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse allows no other
@@ -380,7 +380,7 @@ def run(argv: Sequence[str] | None = None, *, keep_signal_handlers: bool = False
     exits must not turn into a KeyboardInterrupt traceback)."""
     args = build_parser().parse_args(argv)
     if args.command == "serve-dev":
-        from .testing._main import serve_from_arguments
+        from ..testing._manager.main import serve_from_arguments
 
         serve_from_arguments(args)
         return EXIT_OK
@@ -413,7 +413,7 @@ def _run_command(args: argparse.Namespace) -> int:
         code = exit_code_for(exc)
         report(describe(exc))
         if context.json:
-            from ._cli_output import print_json
+            from ._output import print_json
 
             print_json(
                 {"error": {"type": type(exc).__name__, "message": str(exc), "exit_code": code}}

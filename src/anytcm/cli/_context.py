@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
 
-from ._cli_errors import Interrupted, UsageError
-from .errors import ConnectError
-from .readiness import ReadinessGate, ReadyState
-from .transport import collapse_exception_group
+from ..errors import ConnectError
+from ..readiness import ReadinessGate, ReadyState
+from ..transports import collapse_exception_group
+from ._errors import Interrupted, UsageError
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:
-    from .client import AsyncClient
+    from ..client import AsyncClient
 
 _T = TypeVar("_T")
 
@@ -105,7 +105,7 @@ class CliContext:
         `/ready` is asked once first: when nothing answers at all, waiting `timeout` seconds
         for a connection that cannot come only delays the one useful message.
         """
-        from .client import connect
+        from ..client import connect
 
         state = await self.readiness()
         if state.status_code is None:

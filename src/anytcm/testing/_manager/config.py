@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ._faults import FaultSwitchError, FaultSwitches, parse_assignment
+from .faults import FaultSwitchError, FaultSwitches, parse_assignment
 
 JOB_TYPES = ("info", "management", "inference")
 

@@ -7,8 +7,8 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from ._config import ConfigError, add_server_arguments, config_from_arguments
-from ._faults import FaultSwitchError
+from .config import ConfigError, add_server_arguments, config_from_arguments
+from .faults import FaultSwitchError
 
 #: Bad options, a port in use, a host that does not resolve: fix the command line.
 EXIT_USAGE = 2
@@ -37,7 +37,7 @@ def serve_from_arguments(args: argparse.Namespace) -> None:
     except ConfigError as exc:
         _fail(str(exc))
     try:
-        from ._server import run
+        from .server import run
     except ImportError as exc:
         _fail(
             f"the reference manager needs the 'testing' extra ({exc.name} is missing): "

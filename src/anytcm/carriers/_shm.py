@@ -54,10 +54,10 @@ import anyio.lowlevel
 import numpy as np
 import numpy.typing as npt
 
-from . import wire
-from .carrier import CarrierContext, InputTensor, StagedInputs, is_granted
-from .errors import InvalidInput
-from .tensors import _input_array, numpy_dtype, triton_datatype
+from .. import wire
+from ..errors import InvalidInput
+from ..tensors import _input_array, numpy_dtype, triton_datatype
+from . import CarrierContext, InputTensor, StagedInputs, is_granted
 
 __all__ = (
     "KEY_PREFIX",

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy.typing as npt
 
-from ._config import ServerConfig
-from ._errors import TritonError, ValidationFailure
-from ._faults import FaultSwitches
-from ._registry import Registry, TritonServer
-from ._tensors import (
+from .config import ServerConfig
+from .errors import TritonError, ValidationFailure
+from .faults import FaultSwitches
+from .registry import Registry, TritonServer
+from .tensors import (
     ZSTD_CAPABILITY,
     ShmReference,
     decode_json_input,
@@ -32,7 +32,7 @@ from ._tensors import (
     shm_segment_problem,
     to_manager_form,
 )
-from ._zoo import Model, Tensors, get_model, stream_chunks
+from .zoo import Model, Tensors, get_model, stream_chunks
 
 Emit = Callable[[str, Any, Any], Awaitable[None]]  # (status, data, model_name)
 OFFLOAD_BYTES = 256 * 1024  # inputs larger than this are decoded and run on a worker thread

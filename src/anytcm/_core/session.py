@@ -17,9 +17,8 @@ import anyio
 import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from . import wire
-from ._oneshot import Timers, new_timers
-from .errors import (
+from .. import wire
+from ..errors import (
     AuthError,
     Backpressure,
     ConnectError,
@@ -28,7 +27,7 @@ from .errors import (
     RequestTimeout,
     TcmError,
 )
-from .protocol import (
+from ..protocol import (
     AuthAccepted,
     AuthRejected,
     ClientProtocol,
@@ -45,7 +44,8 @@ from .protocol import (
     Unsolicited,
     excerpt_of,
 )
-from .transport import MessageSink, Transport, TransportFactory, TransportOptions
+from ..transports import MessageSink, Transport, TransportFactory, TransportOptions
+from .deadlines import Timers, new_timers
 
 logger = logging.getLogger("anytcm.session")
 

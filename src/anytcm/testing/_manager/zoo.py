@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ._errors import TritonError
-from ._tensors import datatype_of
+from .errors import TritonError
+from .tensors import datatype_of
 
 Tensors = dict[str, npt.NDArray[Any]]
 NUMERIC: tuple[str, ...] = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32")

@@ -8,10 +8,10 @@ It asks exactly what the client's own readiness gate asks before every connectio
 
 from __future__ import annotations
 
-from ._cli_context import CliContext, unreachable_message
-from ._cli_errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, report
-from ._cli_output import print_json
-from .readiness import ReadyState
+from ..readiness import ReadyState
+from ._context import CliContext, unreachable_message
+from ._errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, report
+from ._output import print_json
 
 
 def run_ready(context: CliContext) -> int:

@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from . import wire
-from ._oneshot import oneshot
-from .backoff import Backoff
-from .errors import (
+from .. import wire
+from ..backoff import Backoff
+from ..errors import (
     AuthError,
     Backpressure,
     ClientClosed,
@@ -34,10 +33,11 @@ from .errors import (
     ServerShutdown,
     TcmError,
 )
-from .protocol import ClientProtocol
-from .readiness import ReadinessGate
+from ..protocol import ClientProtocol
+from ..readiness import ReadinessGate
+from ..transports import TransportFactory, TransportOptions
+from .deadlines import oneshot
 from .session import Session, UuidConflict, open_session
-from .transport import TransportFactory, TransportOptions
 
 logger = logging.getLogger("anytcm.pool")
 

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 import msgspec
 
-from .carrier import CarrierContext, InputTensor, Staged, StagedInputs
-from .tensors import encode_input
+from ..tensors import encode_input
+from . import CarrierContext, InputTensor, Staged, StagedInputs
 
 
 class JsonCarrier:

@@ -27,17 +27,17 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from ._cli_context import CliContext
-from ._cli_errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError, UsageError, describe, report
-from ._cli_output import console, format_bytes, format_ms, marks, print_json, print_table
-from .errors import PayloadTooLarge, TcmError
-from .plugins import carrier_names
-from .results import Target
+from ..errors import PayloadTooLarge, TcmError
+from ..plugins import carrier_names
+from ..results import Target
+from ._context import CliContext
+from ._errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError, UsageError, describe, report
+from ._output import console, format_bytes, format_ms, marks, print_json, print_table
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from .client import AsyncClient
+    from ..client import AsyncClient
 
 TARGET: Final = Target("127.0.0.1", "ref-0")  # the reference manager's registered target
 SIZES: Final = (1024, 256 * 1024)  # FP32 elements: 4 KiB (JSON fits) and 1 MiB (it cannot)
@@ -77,7 +77,7 @@ def demo_tensor(elements: int) -> npt.NDArray[np.float32]:
 
 def run_demo(context: CliContext, *, rounds: int, port: int, only: Sequence[str] = ()) -> int:
     """Run the demo; `only` limits it to these carriers (default: every one available)."""
-    from .testing import ReferenceManager, ReferenceManagerError
+    from ..testing import ReferenceManager, ReferenceManagerError
 
     carriers = demo_carriers()
     unknown = [name for name in only if name not in carriers]
@@ -160,7 +160,7 @@ def _print_rows(
 async def _exercise(
     context: CliContext, url: str, carriers: list[str], rounds: int
 ) -> tuple[list[str], list[DemoRow]]:
-    from .client import connect
+    from ..client import connect
 
     rows: list[DemoRow] = []
     async with connect(url, pool_size=1, timeout=context.timeout) as client:

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import numpy as np
 
-from .errors import TcmError
+from ..errors import TcmError
 
 PERCENTILES = (50, 95, 99)
 

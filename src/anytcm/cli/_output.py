@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import orjson
 
-from ._cli_errors import EXIT_USAGE, CliError
+from ._errors import EXIT_USAGE, CliError
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -14,7 +14,7 @@ from typing import Any
 
 from websockets.frames import Frame, Opcode
 
-from .protocol import without_token
+from ..protocol import without_token
 
 __all__ = ("FRAME_LOGGER", "RedactSecrets")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from typing import Final
 
-from .errors import ConnectError, InvalidInput, NotReady, TcmError, UnknownCarrier
+from ..errors import ConnectError, InvalidInput, NotReady, TcmError, UnknownCarrier
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
