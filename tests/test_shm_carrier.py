@@ -23,8 +23,8 @@ import numpy.typing as npt
 import pytest
 
 import anytcm
-from anytcm.carriers import _shm as _shm_carrier
 from anytcm.carrier import CarrierContext, InputTensor
+from anytcm.carriers import _shm as _shm_carrier
 from anytcm.carriers._shm import KEY_PREFIX, ShmCarrier, ShmStaged, sweep_stale_segments
 from anytcm.errors import InvalidInput
 from anytcm.testing import ReferenceManager

@@ -25,9 +25,9 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-from anytcm.transports import _asyncio_stream, _trio_stream
 from anytcm.errors import ConnectError
 from anytcm.transport import TransportOptions
+from anytcm.transports import _asyncio_stream, _trio_stream
 from anytcm.transports._websockets import WebsocketsTransport, WebsocketsTransportFactory
 
 pytestmark = pytest.mark.anyio

@@ -10,61 +10,44 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import re
 import ssl
 import sys
 import uuid as uuid_module
-import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
-from types import TracebackType
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
 import msgspec
-import numpy as np
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import wire
+from ._client.management import InfoAPI, ManagementAPI, reply_shape
+from ._client.retrying import caller_timeout, retrying
+from ._client.staging import Inputs, Stager, input_values
+from ._client.streams import InferStream
 from ._core.deadlines import backend_clock
 from ._core.pool import Pool, PoolSettings
-from ._core.session import NotSent, Session
+from ._core.session import NotSent
 from .backoff import Backoff
-from .carriers import CarrierContext, InputTensor, Staged, StagedInputs
-from .carriers._json import JsonCarrier
+from .carriers import Staged, StagedInputs
 from .errors import (
-    CarrierUnavailable,
-    ClientClosed,
-    ContractError,
-    InvalidInput,
     ManagementFailed,
-    PayloadTooLarge,
-    ProtocolError,
     RequestTimeout,
     TcmError,
 )
-from .observability import ClientMetrics, Observation, Recorder
-from .plugins import carrier_names, load_carrier
-from .protocol import InferenceCompleted, InferenceProgress, excerpt_of
+from .observability import ClientMetrics, Recorder
+from .plugins import carrier_names
+from .protocol import InferenceCompleted
 from .readiness import ReadinessGate
 from .results import (
-    ContainerCreated,
-    Deleted,
-    Deployment,
     InferResult,
     ModelSpec,
-    QueueStats,
-    ServerCreated,
-    StreamEvent,
     Target,
-    Tensor,
-    VmCreated,
-    input_signature,
     shared_float_dtype,
 )
 from .retry import RetryPolicy
-from .tensors import encode_input
 from .transports import (
     DEFAULT_MAX_MESSAGE_SIZE,
     TransportFactory,
@@ -77,14 +60,11 @@ if sys.version_info < (3, 11):
 
 logger = logging.getLogger("anytcm.client")
 
-# The manager's answer to an info action it does not know (contract §4.1), status "success".
-_NOT_IMPLEMENTED = re.compile(r"Info type '.*' not implemented yet")
 
 MAX_FRAME_BYTES = 65536
 """The manager's inbound frame cap (contract §1): larger frames close the connection (1009)."""
 
 _T = TypeVar("_T")
-Inputs = Mapping[str, Any] | Sequence["Tensor | wire.SHMReference"]
 
 
 class AsyncClient:
@@ -111,6 +91,13 @@ class AsyncClient:
         self._specs: dict[tuple[str, Target | None], ModelSpec] = {}
         self._subscribers: set[MemoryObjectSendStream[wire.ServerFrame]] = set()
         self.unsolicited_dropped = 0
+        self._stager = Stager(
+            max_frame_bytes=max_frame_bytes,
+            same_host=same_host,
+            granted=lambda: self.granted_capabilities,
+            uuid_bytes_bound=lambda: pool.uuid_bytes_bound,
+            model_spec=self.model_spec,
+        )
         self.info = InfoAPI(self)
         self.management = ManagementAPI(self)
 
@@ -199,139 +186,6 @@ class AsyncClient:
 
     # -- inference ------------------------------------------------------------------
 
-    def _collect(
-        self, model: str, inputs: Inputs, target: Target, input_spec: ModelSpec | None
-    ) -> tuple[list[InputTensor], list[wire.SHMReference]]:
-        """The caller's inputs as tensors to stage, or SHM references the caller staged."""
-        tensors: dict[str, InputTensor] = {}
-        shm: list[wire.SHMReference] = []
-        if isinstance(inputs, Mapping):
-            items: Sequence[Any] = [Tensor(name, value) for name, value in inputs.items()]
-        else:
-            items = inputs
-        for item in items:
-            if isinstance(item, wire.SHMReference):
-                shm.append(item)
-            elif isinstance(item, Tensor):
-                if item.name in tensors:
-                    raise InvalidInput(f"input {item.name!r} is given twice")
-                data = item.data if isinstance(item.data, np.ndarray) else np.asarray(item.data)
-                tensors[item.name] = InputTensor(item.name, data, item.datatype)
-            else:
-                raise InvalidInput(
-                    f"inputs must map names to arrays, or be a list of Tensor/SHMReference; "
-                    f"got {type(item).__name__}"
-                )
-        if shm and tensors:
-            raise InvalidInput(
-                "mixing shared-memory and JSON inputs in one request is refused: the manager "
-                f"silently drops the JSON ones ({sorted(tensors)}); send every input through shm",
-                given={"shm": [r.name for r in shm], "json": sorted(tensors)},
-            )
-        spec = input_spec or self.model_spec(model, target)
-        if spec is not None and tensors:
-            spec.check(
-                model,
-                input_signature(
-                    {n: t.array for n, t in tensors.items()},
-                    {n: t.datatype for n, t in tensors.items()},
-                ),
-            )
-        return list(tensors.values()), shm
-
-    def _json_items(
-        self, model: str, inputs: Inputs, target: Target, where: str
-    ) -> list[wire.InputItem]:
-        """Inline JSON inputs, for requests that take no other carrier here."""
-        tensors, shm = self._collect(model, inputs, target, None)
-        if shm:
-            raise CarrierUnavailable(
-                f"{where} take inline JSON inputs only here (the manager refuses shared memory "
-                "for gRPC streams); pass arrays instead of SHMReference items",
-                carrier="shm",
-                reason=f"not supported for {where}",
-            )
-        return [msgspec.Raw(encode_input(t.name, t.array, t.datatype)) for t in tensors]
-
-    def _carrier_names(self, carrier: str | Sequence[str], *, stream: bool) -> list[str]:
-        """A preference order; "auto" is json, then shm (shm never for gRPC streams)."""
-        wanted = [carrier] if isinstance(carrier, str) else list(carrier)
-        names: list[str] = []
-        for name in wanted:
-            expanded = (["json"] if stream else ["json", "shm"]) if name == "auto" else [name]
-            names.extend(n for n in expanded if n not in names)
-        return names
-
-    async def _stage(
-        self,
-        model: str,
-        tensors: list[InputTensor],
-        carrier: str | Sequence[str],
-        build: Callable[[Sequence[wire.InputItem]], msgspec.Raw],
-        *,
-        stream: bool,
-    ) -> tuple[StagedInputs, msgspec.Raw]:
-        """Stage the inputs with the first usable carrier; returns them and the sized payload.
-
-        A carrier is usable when the manager granted its capability (and, for json, when the
-        frame fits the manager's cap). The caller must `release()` what this returns.
-        """
-        names = self._carrier_names(carrier, stream=stream)
-        context = CarrierContext(self.granted_capabilities, self._same_host, self._max_frame_bytes)
-        reasons: list[str] = []
-        too_large: PayloadTooLarge | None = None
-        for index, name in enumerate(names):
-            last = index == len(names) - 1
-            plugin = load_carrier(name)
-            reason = plugin.unavailable_reason(context)
-            if reason is None and stream and name == "shm":
-                reason = "gRPC streaming does not accept shared-memory inputs (contract §9)"
-            if reason is not None:
-                reasons.append(f"{name}: {reason}")
-                continue
-            if name == "json" and not last and _surely_over(tensors, self._max_frame_bytes):
-                reasons.append(f"json: the tensors cannot fit the {self._max_frame_bytes}-byte cap")
-                continue
-            staged = await plugin.stage(tensors)
-            try:
-                return staged, build(staged.items)
-            except PayloadTooLarge as exc:
-                staged.release()
-                if last:
-                    raise
-                too_large = exc
-                reasons.append(f"{name}: {exc.size} bytes, over the {exc.limit}-byte frame cap")
-            except BaseException:
-                staged.release()
-                raise
-        if too_large is not None and all(r.startswith("json") for r in reasons):
-            raise too_large
-        raise CarrierUnavailable(
-            f"no carrier can send the inputs of {model!r} ({'; '.join(reasons)}). Small "
-            "tensors go inline as json; large ones need shared memory on the manager's host",
-            carrier=",".join(names),
-            reason="; ".join(reasons),
-        )
-
-    def _frame_bytes(self, payload: msgspec.Raw) -> int:
-        """The size of the inference frame around an encoded payload, at the longest uuid."""
-        return len(payload) + wire.INFERENCE_ENVELOPE_BYTES + self._pool.uuid_bytes_bound
-
-    def _encode_checked(self, payload: wire.InferencePayload, model: str) -> msgspec.Raw:
-        """Encode the payload once and refuse it, unsent, if its frame would exceed the cap."""
-        raw = wire.encode_payload(payload)
-        size = self._frame_bytes(raw)
-        if size > self._max_frame_bytes:
-            raise PayloadTooLarge(
-                f"the inference request for {model!r} is {size} bytes of JSON, over the "
-                f"manager's {self._max_frame_bytes}-byte frame cap (it would close the connection "
-                "with 1009); nothing was sent. Send large tensors through shared memory "
-                "(the 'shm' carrier), or split the batch",
-                size=size,
-                limit=self._max_frame_bytes,
-            )
-        return raw
-
     async def infer(
         self,
         model: str,
@@ -388,7 +242,7 @@ class AsyncClient:
     ) -> InferResult:
         seconds, deadline = self._deadline(timeout)
         staged: StagedInputs | None = None
-        raw = self._inline_fast(model, inputs, target, input_spec, carrier, allow_transient)
+        raw = self._stager.inline_fast(model, inputs, target, input_spec, carrier, allow_transient)
         if raw is None:
             # The general path; the inline one above builds its payload without Structs.
             def build(items: Sequence[wire.InputItem]) -> msgspec.Raw:
@@ -400,13 +254,13 @@ class AsyncClient:
                         inputs=list(items), allow_transient=allow_transient
                     ),
                 )
-                return self._encode_checked(payload, model)
+                return self._stager.encode_checked(payload, model)
 
-            tensors, shm = self._collect(model, inputs, target, input_spec)
+            tensors, shm = self._stager.collect(model, inputs, target, input_spec)
             if shm:
                 staged, raw = Staged(shm), build(shm)  # staged by the caller, who owns it
             else:
-                staged, raw = await self._stage(model, tensors, carrier, build, stream=False)
+                staged, raw = await self._stager.stage(model, tensors, carrier, build, stream=False)
         try:
             # Perf: the first attempt runs here; `_retrying` only takes over after a failure
             # (outside the handler, so later errors do not chain to this one).
@@ -425,7 +279,7 @@ class AsyncClient:
                     started=deadline - seconds,
                 )
         except RequestTimeout as exc:
-            raise _caller_timeout(exc, seconds, f"inference of {model!r}") from None
+            raise caller_timeout(exc, seconds, f"inference of {model!r}") from None
         finally:
             if staged is not None:
                 staged.release()  # shared memory and the like never outlive the request
@@ -434,52 +288,8 @@ class AsyncClient:
             completed.outputs or {},
             dict(output_dtypes or {}),
             input_spec or self.model_spec(model, target),
-            shared_float_dtype(_input_values(inputs)),
+            shared_float_dtype(input_values(inputs)),
         )
-
-    def _inline_fast(
-        self,
-        model: str,
-        inputs: Inputs,
-        target: Target,
-        input_spec: ModelSpec | None,
-        carrier: str | Sequence[str],
-        allow_transient: bool,
-    ) -> msgspec.Raw | None:
-        """The common request, small arrays inline as JSON, without the general staging path.
-
-        Taken only when the general path would surely pick the built-in json carrier: a dict of
-        ndarrays, carrier "auto" or "json", no model spec to check against, at most a quarter of
-        the frame cap in array bytes. Anything else (or a frame over the cap after all) returns
-        None and the general path decides, with its full checks and messages. Perf: the general
-        path builds four small objects per input and consults the carrier registry, ~15% of a
-        small request's client CPU (`benchmarks/profile_client.py`).
-        """
-        if (
-            (carrier != "auto" and carrier != "json")
-            or type(inputs) is not dict
-            or input_spec is not None
-            or self.model_spec(model, target) is not None
-            or type(load_carrier("json")) is not JsonCarrier
-        ):
-            return None
-        items: list[bytes] = []
-        budget = self._max_frame_bytes >> 2
-        for name, value in inputs.items():
-            if type(value) is not np.ndarray or value.dtype.kind not in "biuf":
-                return None
-            budget -= value.nbytes
-            if budget < 0:
-                return None
-            items.append(encode_input(name, value))
-        if not items:
-            return None
-        raw = wire.encode_inline_payload(
-            target.vm_ip, target.container_id, model, allow_transient, items
-        )
-        if self._frame_bytes(raw) > self._max_frame_bytes:
-            return None  # the general path tries shared memory, or explains
-        return raw
 
     async def _retrying(
         self,
@@ -491,42 +301,19 @@ class AsyncClient:
         failed: TcmError | None = None,
         started: float | None = None,
     ) -> _T:
-        """Run attempts until one succeeds or the policy, the attempts or the deadline say stop.
+        return await retrying(
+            attempt_once,
+            deadline,
+            retry or self._retry,
+            what,
+            now=self._now,
+            on_retry=self._count_retry,
+            failed=failed,
+            started=started,
+        )
 
-        `failed` is the error of a first attempt the caller already made (at time `started`,
-        from which the policy's budget counts); the next attempt is then the second.
-        """
-        policy = retry or self._retry
-        stop = deadline
-        if policy.budget is not None:
-            stop = min(deadline, (self._now() if started is None else started) + policy.budget)
-        attempt = 1
-        error = failed
-        while True:
-            if error is None:
-                try:
-                    return await attempt_once()
-                except TcmError as exc:
-                    error = exc
-            decision = policy.classify(error)
-            if decision is None or attempt >= policy.attempts:
-                raise error
-            wait = policy.delay(decision, attempt)
-            if self._now() + wait >= stop:
-                raise error
-            self.retries += 1
-            logger.info(
-                "retrying %s (attempt %d of %d) in %.3f s after: %s",
-                what,
-                attempt + 1,
-                policy.attempts,
-                wait,
-                error,
-                extra={"attempt": attempt + 1, "delay": wait, "error": type(error).__name__},
-            )
-            error = None
-            attempt += 1
-            await anyio.sleep(wait)
+    def _count_retry(self) -> None:
+        self.retries += 1
 
     async def _run_inference(
         self, payload: msgspec.Raw, deadline: float, model: str
@@ -567,13 +354,13 @@ class AsyncClient:
             container_id=target.container_id,
             model_name=model,
             request=wire.InferenceOptions(
-                inputs=self._json_items(model, inputs, target, "gRPC streaming"),
+                inputs=self._stager.json_items(model, inputs, target, "gRPC streaming"),
                 protocol="grpc",
                 allow_transient=allow_transient,
                 output_name=output_name,
             ),
         )
-        raw = self._encode_checked(payload, model)
+        raw = self._stager.encode_checked(payload, model)
         return InferStream(self, raw, model, deadline, seconds, idle_timeout)
 
     async def pipeline(
@@ -608,20 +395,20 @@ class AsyncClient:
             wire_steps.append(
                 wire.PipelineStep(
                     model_name=model,
-                    inputs=self._json_items(model, step_inputs, target, "pipelines"),
+                    inputs=self._stager.json_items(model, step_inputs, target, "pipelines"),
                     name=name,
                 )
             )
         payload = wire.InferencePayload(
             vm_ip=target.vm_ip, container_id=target.container_id, pipeline=wire_steps
         )
-        raw = self._encode_checked(payload, "pipeline")
+        raw = self._stager.encode_checked(payload, "pipeline")
         try:
             completed = await self._retrying(
                 lambda: self._run_inference(raw, deadline, "pipeline"), deadline, None, "pipeline"
             )
         except RequestTimeout as exc:
-            raise _caller_timeout(exc, seconds, "pipeline") from None
+            raise caller_timeout(exc, seconds, "pipeline") from None
         results: dict[str, InferResult] = {}
         # A step's reply key is its name, else its model (as the manager keys them).
         by_key = {(s[2] if len(s) > 2 else None) or s[0]: (s[0], s[1]) for s in steps}
@@ -634,7 +421,7 @@ class AsyncClient:
                 outputs,
                 dict((output_dtypes or {}).get(key, {})),
                 self.model_spec(model, target),
-                shared_float_dtype(_input_values(step_inputs)),
+                shared_float_dtype(input_values(step_inputs)),
             )
         return results
 
@@ -651,7 +438,7 @@ class AsyncClient:
                 lambda: self._info_once(action, deadline), deadline, None, f"info {action!r}"
             )
         except RequestTimeout as exc:
-            raise _caller_timeout(exc, seconds, f"info request {action!r}") from None
+            raise caller_timeout(exc, seconds, f"info request {action!r}") from None
 
     async def _info_once(self, action: str, deadline: float) -> wire.InfoResponsePayload:
         while True:
@@ -675,7 +462,7 @@ class AsyncClient:
         try:
             return await self._management_once(payload, action, deadline)
         except RequestTimeout as exc:
-            raise _caller_timeout(exc, seconds, f"management action {action!r}") from None
+            raise caller_timeout(exc, seconds, f"management action {action!r}") from None
 
     async def _management_once(self, payload: dict[str, Any], action: str, deadline: float) -> Any:
         while True:
@@ -700,147 +487,6 @@ class AsyncClient:
             return result.data
 
 
-class StreamClosedEarly(Exception):
-    """The outcome recorded for a stream its caller closed before COMPLETED (never raised)."""
-
-
-class InferStream:
-    """A streamed inference in progress; see `AsyncClient.infer_stream`."""
-
-    def __init__(
-        self,
-        client: AsyncClient,
-        payload: msgspec.Raw,
-        model: str,
-        deadline: float,
-        seconds: float,
-        idle_timeout: float | None,
-    ) -> None:
-        self._client = client
-        self._payload = payload
-        self._model = model
-        self._deadline = deadline
-        self._seconds = seconds
-        self._idle_timeout = idle_timeout
-        self._session: Session | None = None
-        self._frames: MemoryObjectReceiveStream[Any] | None = None
-        self._done = False
-        self._observation: Observation | None = None
-        # Safety net: a stream dropped without aclose() must still give its connection back.
-        self._finalizer = weakref.finalize(self, _release_stream, client._pool, [None])
-
-    async def __aenter__(self) -> InferStream:  # noqa: PYI034 - not meant to be subclassed
-        await self._start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    def __aiter__(self) -> InferStream:
-        return self
-
-    async def _start(self) -> None:
-        if self._session is not None or self._done:
-            return
-        if self._observation is None:
-            self._observation = self._client._recorder.begin("stream", self._model)
-        while True:
-            try:
-                session = await self._client._pool.checkout(self._deadline)
-            except RequestTimeout as exc:
-                error = _caller_timeout(exc, self._seconds, f"stream of {self._model!r}")
-                self._observed(error)
-                raise error from None
-            except BaseException as exc:
-                self._observed(exc)
-                raise
-            frame, frames = session.open_stream(self._payload)
-            self._session, self._frames = session, frames
-            self._finalizer.detach()
-            self._finalizer = weakref.finalize(self, _release_stream, self._client._pool, [session])
-            try:
-                await session.send_stream_request(frame)
-                return
-            except NotSent:
-                self._release()
-                continue
-
-    async def __anext__(self) -> StreamEvent:
-        if self._done:
-            raise StopAsyncIteration
-        await self._start()
-        assert self._frames is not None
-        now = anyio.current_time()
-        wait = self._deadline - now
-        if self._idle_timeout is not None:
-            wait = min(wait, self._idle_timeout)
-        try:
-            with anyio.fail_after(max(0.0, wait)):
-                item = await self._frames.receive()
-        except TimeoutError:
-            overall = anyio.current_time() >= self._deadline
-            self._abandon()
-            what = f"within {self._seconds:g} s" if overall else f"for {self._idle_timeout:g} s"
-            timed_out = RequestTimeout(
-                f"the stream of {self._model!r} sent nothing {what}",
-                timeout=self._seconds if overall else (self._idle_timeout or 0.0),
-            )
-            self._observed(timed_out)
-            raise timed_out from None
-        except anyio.EndOfStream:
-            ended = self._session.stream_error if self._session is not None else None
-            self._abandon()
-            closed = ended or ClientClosed("the stream was closed")
-            self._observed(closed)
-            raise closed from None
-        except BaseException as exc:
-            self._abandon()
-            self._observed(exc)
-            raise
-        if isinstance(item, TcmError):
-            self._done = True
-            self._release()
-            self._observed(item)
-            raise item
-        if isinstance(item, InferenceCompleted):
-            self._done = True
-            self._release()
-            self._observed(None)
-            return StreamEvent("COMPLETED", None, item.model_name)
-        assert isinstance(item, InferenceProgress)
-        return StreamEvent(item.status, item.text)
-
-    def _observed(self, error: BaseException | None) -> None:
-        if self._observation is not None:
-            self._observation.end(error)
-
-    def _abandon(self) -> None:
-        self._done = True
-        if self._session is not None:
-            self._session.abandon_stream()
-        self._release()
-
-    def _release(self) -> None:
-        session, self._session = self._session, None
-        self._finalizer.detach()
-        if self._frames is not None:
-            self._frames.close()
-            self._frames = None
-        if session is not None:
-            self._client._pool.checkin(session)
-
-    async def aclose(self) -> None:
-        """Stop reading; an unfinished stream's connection is held until its end arrives."""
-        if not self._done:
-            self._abandon()
-            self._observed(StreamClosedEarly())
-
-
 def _is_loopback(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     if host == "localhost":
@@ -849,222 +495,6 @@ def _is_loopback(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _input_values(inputs: Inputs) -> Iterator[Any]:
-    """The arrays of a call's inputs, however they were given (SHM references have none)."""
-    if isinstance(inputs, Mapping):
-        yield from inputs.values()
-    else:
-        yield from (item.data for item in inputs if isinstance(item, Tensor))
-
-
-def _surely_over(tensors: Sequence[InputTensor], limit: int) -> bool:
-    """True when JSON cannot fit: every number takes at least two characters ("0,")."""
-    return sum(int(t.array.size) for t in tensors) * 2 > limit
-
-
-def _caller_timeout(exc: RequestTimeout, seconds: float, what: str) -> RequestTimeout:
-    """A timeout reported as the caller's own `timeout`, wherever inside it ran out."""
-    return RequestTimeout(
-        f"{what}: no result within the {seconds:g} s timeout ({exc})", timeout=seconds
-    )
-
-
-def _release_stream(pool: Pool, holder: list[Session | None]) -> None:
-    session = holder[0]
-    if session is not None:
-        session.abandon_stream()
-        pool.checkin(session)
-
-
-class InfoAPI:
-    """`client.info`: queue statistics and other info actions."""
-
-    def __init__(self, client: AsyncClient) -> None:
-        self._client = client
-
-    async def queue_stats(self, *, timeout: float | None = None) -> QueueStats:
-        """The manager's queue statistics (answered at once, even under load)."""
-        reply = await self._client._info("queue_stats", timeout)
-        with reply_shape("queue_stats", reply.data):
-            return msgspec.convert(reply.data or {}, QueueStats, strict=False)
-
-    async def request(self, action: str, *, timeout: float | None = None) -> Any:
-        """Any info action; returns the reply's `data`.
-
-        Raises `ContractError` for an action the manager does not implement (it answers those
-        with success and a message, which would otherwise pass for data).
-        """
-        data = (await self._client._info(action, timeout)).data
-        message = data.get("message") if isinstance(data, dict) and len(data) == 1 else None
-        if isinstance(message, str) and _NOT_IMPLEMENTED.match(message):
-            raise ContractError(
-                f"the manager does not implement the info action {action!r} ({message}); "
-                "queue_stats (and its alias queue) is the one it answers",
-                server_message=message,
-            )
-        return data
-
-
-class ManagementAPI:
-    """`client.management`: one typed method per management action (contract §4.2).
-
-    Management requests are never re-sent automatically: if the connection dies after one was
-    written, it fails with `ConnectionLost(outcome_unknown=True)`.
-    """
-
-    def __init__(self, client: AsyncClient) -> None:
-        self._client = client
-
-    async def request(self, action: str, *, timeout: float | None = None, **payload: Any) -> Any:
-        """Any action with a raw payload; returns the reply's `data`."""
-        return await self._client._management({"action": action, **payload}, timeout)
-
-    async def create_vm(
-        self, *, openstack: Mapping[str, Any], timeout: float | None = None
-    ) -> VmCreated:
-        data = await self.request("create_vm", openstack=dict(openstack), timeout=timeout)
-        with reply_shape("create_vm", data):
-            if not isinstance(data, list) or len(data) != 2:
-                raise TypeError("expected a two-item list")
-            return VmCreated(str(data[0]), str(data[1]))
-
-    async def create_container(
-        self,
-        *,
-        vm_id: str,
-        docker: Mapping[str, Any],
-        minio: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-    ) -> ContainerCreated:
-        extra = {"minio": dict(minio)} if minio is not None else {}
-        data = await self.request(
-            "create_container", vm_id=vm_id, docker=dict(docker), timeout=timeout, **extra
-        )
-        with reply_shape("create_container", data):
-            if isinstance(data, list):
-                return ContainerCreated(str(data[0]), dict(data[1]) if len(data) > 1 else {})
-            return ContainerCreated(str(data), {})
-
-    async def create_server(
-        self,
-        *,
-        vm_id: str,
-        vm_ip: str,
-        container_id: str,
-        triton: Mapping[str, Any],
-        minio: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-    ) -> ServerCreated:
-        data = await self.request(
-            "create_server",
-            vm_id=vm_id,
-            vm_ip=vm_ip,
-            container_id=container_id,
-            triton=dict(triton),
-            minio=dict(minio or {}),
-            timeout=timeout,
-        )
-        with reply_shape("create_server", data):
-            spec = ModelSpec.from_config(data)
-            model = str(data["model_name"])
-        self._client.set_model_spec(model, spec, target=Target(vm_ip, container_id))
-        return ServerCreated(model, spec)
-
-    async def creation(
-        self,
-        *,
-        openstack: Mapping[str, Any],
-        docker: Mapping[str, Any],
-        triton: Mapping[str, Any],
-        minio: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-    ) -> Deployment:
-        data = await self.request(
-            "creation",
-            openstack=dict(openstack),
-            docker=dict(docker),
-            triton=dict(triton),
-            minio=dict(minio or {}),
-            timeout=timeout,
-        )
-        with reply_shape("creation", data):
-            target = Target(str(data["vm_ip"]), str(data["container_id"]))
-            spec = ModelSpec.from_config(data)
-            model = str(data["model_name"])
-        self._client.set_model_spec(model, spec, target=target)
-        return Deployment(target, model, spec)
-
-    async def deletion(
-        self,
-        deployment: Deployment | None = None,
-        *,
-        vm_id: str | None = None,
-        vm_ip: str | None = None,
-        container_id: str | None = None,
-        timeout: float | None = None,
-    ) -> Deleted:
-        """Undo a `creation`: `deletion(deployment)` with what `creation()` returned, or name
-        the container and its VM by `vm_id` or `vm_ip` (the manager finds the VM by address)."""
-        if deployment is not None:
-            vm_ip = vm_ip or deployment.target.vm_ip
-            container_id = container_id or deployment.target.container_id
-        if container_id is None or (vm_id is None and vm_ip is None):
-            raise InvalidInput(
-                "deletion needs container_id and the VM's vm_id or vm_ip; pass the Deployment "
-                "that creation() returned, or name them"
-            )
-        vm = {"vm_id": vm_id} if vm_id is not None else {"vm_ip": vm_ip}
-        data = await self.request("deletion", container_id=container_id, timeout=timeout, **vm)
-        with reply_shape("deletion", data):
-            return Deleted(data.get("vm_id"), data.get("container_id"))
-
-    async def delete_server(
-        self, *, vm_id: str, container_id: str, timeout: float | None = None
-    ) -> None:
-        await self.request("delete_server", vm_id=vm_id, container_id=container_id, timeout=timeout)
-
-    async def delete_container(
-        self, *, vm_id: str, container_id: str, timeout: float | None = None
-    ) -> None:
-        await self.request(
-            "delete_container", vm_id=vm_id, container_id=container_id, timeout=timeout
-        )
-
-    async def delete_vm(
-        self, *, vm_id: str, container_id: str, timeout: float | None = None
-    ) -> None:
-        await self.request("delete_vm", vm_id=vm_id, container_id=container_id, timeout=timeout)
-
-
-@contextmanager
-def reply_shape(action: str, data: Any) -> Iterator[None]:
-    """Reading a well-formed reply whose `data` lacks the contract's shape raises ProtocolError.
-
-    The frame itself decoded (so the connection is fine), but what the manager put in it is
-    not what the action returns: a missing key, a string for a list. Whatever Python raises
-    for that is turned into the error tree's name for it.
-    """
-    try:
-        yield
-    except (
-        KeyError,
-        IndexError,
-        TypeError,
-        ValueError,
-        AttributeError,
-        RecursionError,
-        msgspec.DecodeError,  # ValidationError too
-    ) as exc:
-        excerpt = excerpt_of(msgspec.json.encode(data))
-        raise ProtocolError(
-            f"the manager's answer to {action!r} does not have the contract's shape ({exc!r}); "
-            f"it was: {excerpt}",
-            excerpt=excerpt,
-            close_code=None,
-            reason="unexpected reply shape",
-        ) from None
 
 
 def _transport_factory(name: str | TransportFactory | None) -> TransportFactory:

@@ -40,8 +40,9 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from . import wire
+from ._client.staging import Inputs
 from .backoff import Backoff
-from .client import MAX_FRAME_BYTES, AsyncClient, InferStream, Inputs, connect
+from .client import MAX_FRAME_BYTES, AsyncClient, InferStream, connect
 from .errors import ClientClosed
 from .observability import ClientMetrics
 from .results import (
