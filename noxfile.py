@@ -1,5 +1,5 @@
-"""Task runner: `nox -s tests`, `nox -s vendor_sdk`, `nox -s lint`, `nox -s typecheck`,
-`nox -s docs`.
+"""Task runner: `nox -s tests`, `nox -s fast`, `nox -s vendor_sdk`, `nox -s lint`,
+`nox -s typecheck`, `nox -s docs` (the test tiers: CONTRIBUTING.md).
 
 Each session builds its own virtualenv from `pyproject.toml`, so a run on a fresh machine
 needs nothing but Python and nox.
@@ -18,14 +18,54 @@ PROJECT = nox.project.load_toml("pyproject.toml")
 PLUGINS = ("plugins/anytcm-zstd", "plugins/anytcm-trio-websocket")
 
 
-@nox.session
-def tests(session: nox.Session) -> None:
-    """Run the whole test suite (every async test on asyncio and on trio), plugins included."""
+# Run a second time with every fast path off (ANYTCM_NO_FAST_PATHS=1), so the general paths the
+# fast paths shortcut stay correct: frame and tensor decoding and encoding (wire, tensors, the
+# json carrier's inline path), the socket streams under the transport, and the client end to end.
+# Chosen to cover each fast path for about a minute of the suite's ten: fault tests are left
+# out (they exercise reconnection, not decoding), and so are the client modules that would only
+# cover the same paths again.
+GENERAL_PATH_TESTS = (
+    "tests/test_wire.py",
+    "tests/test_wire_cut.py",
+    "tests/test_tensors.py",
+    "tests/test_protocol.py",
+    "tests/test_json_carrier.py",
+    "tests/test_carrier_interface.py",
+    "tests/test_ws_transport.py",
+    "tests/test_client_infer.py",
+    "tests/test_client_stream.py",
+)
+
+
+def _install_tests(session: nox.Session) -> None:
     editable = [arg for path in PLUGINS for arg in ("-e", path)]
     session.install("-e", ".", *editable, *nox.project.dependency_groups(PROJECT, "test"))
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the whole test suite (every async test on asyncio and on trio), plugins included,
+    then the wire, tensor and client tests again with every fast path off.
+
+    Arguments go to pytest (`nox -s tests -- tests/test_cli.py -x`); given any, only that one
+    pytest run happens.
+    """
+    _install_tests(session)
     session.run("pytest", *session.posargs)
+    if not session.posargs:
+        session.run(
+            "pytest", "-m", "not fault", *GENERAL_PATH_TESTS, env={"ANYTCM_NO_FAST_PATHS": "1"}
+        )
     # Part of the suite, in a venv of its own (see vendor_sdk): `nox -s tests` runs it too.
     session.notify("vendor_sdk")
+
+
+@nox.session(default=False)
+def fast(session: nox.Session) -> None:
+    """The developer's loop: everything but the fault tests (managers killed, stalled,
+    restarted) and the client suite re-run over a plugin transport. Arguments go to pytest."""
+    _install_tests(session)
+    session.run("pytest", "-m", "not fault and not client_suite", *session.posargs)
 
 
 @nox.session

@@ -6,7 +6,8 @@ Runs, one after the other, each in its own process with its own reference manage
    tcm-client vs the ceiling client, in the fixed cases (small, large; sequential and 8
    connections) and the tensor-size sweeps (outputs and inputs by carrier, 64 B to 4 MiB);
 2. `bench_carriers.py`: the input path by carrier (json, shm, zstd) against a plain memcpy;
-3. `bench_json_decode.py`: anytcm's JSON tensor codec against orjson + numpy.
+3. `bench_json_decode.py`: anytcm's JSON tensor codec against orjson + numpy;
+4. `bench_managers.py`: several managers: throughput over 1, 2 and 3, failover, rolling restart.
 
 Each writes its figures as JSON into `results/report-data/` (and its own Markdown beside them);
 this script then renders `results/report.md` (the ratio tables) and `results/report.png` (the
@@ -44,7 +45,7 @@ from run_client_bench import (  # noqa: E402
 
 RESULTS = HERE / "results"
 DATA = RESULTS / "report-data"
-BENCHMARKS = ("clients", "carriers", "json-decode")
+BENCHMARKS = ("clients", "carriers", "json-decode", "managers")
 ALL_SCENARIOS = "small,large,out,in"
 FRAME_CAP = 64 * 1024
 
@@ -67,7 +68,7 @@ class Benchmark:
                 command.append("--no-vendor")
             if args.quick:
                 command.append("--quick")
-        elif self.name == "carriers":
+        elif self.name in ("carriers", "managers"):
             command += ["--quick"] if args.quick else []
         elif args.quick:  # json-decode
             command += ["--repeat", "3"]
@@ -80,6 +81,7 @@ SCRIPTS = {
         Benchmark("clients", "run_client_bench.py", "clients.json"),
         Benchmark("carriers", "bench_carriers.py", "carriers.json"),
         Benchmark("json-decode", "bench_json_decode.py", "json_decode.json"),
+        Benchmark("managers", "bench_managers.py", "managers.json"),
     )
 }
 
@@ -198,11 +200,13 @@ def render_markdown(
     clients: dict[str, Any] | None,
     carriers: dict[str, Any] | None,
     json_decode: dict[str, Any] | None,
+    managers: dict[str, Any] | None,
     runs: list[dict[str, Any]],
     chart: str | None,
 ) -> str:
     from bench_carriers import render as render_carriers
     from bench_json_decode import render as render_codec
+    from bench_managers import render as render_managers
 
     out: list[str] = ["# anytcm benchmarks\n"]
     out.append(
@@ -253,6 +257,9 @@ def render_markdown(
         out.append(render_codec(json_decode["rows"], level="###"))
     else:
         out.append(missing("json-decode"))
+
+    out.append("\n## Several managers (`bench_managers.py`)\n")
+    out.append(render_managers(managers) if managers else missing("managers"))
 
     if runs:
         out.append("\n## Runs\n")
@@ -446,6 +453,7 @@ def render(data: Path) -> list[Path]:
     clients = load_results(data / "clients.json") if (data / "clients.json").exists() else None
     carriers = load_json(data / "carriers.json")
     json_decode = load_json(data / "json_decode.json")
+    managers = load_json(data / "managers.json")
     runs = (load_json(data / "runs.json") or {}).get("runs", [])
     written = []
     chart = None
@@ -453,7 +461,7 @@ def render(data: Path) -> list[Path]:
         render_chart(clients, RESULTS / "report.png")
         chart = "report.png"
         written.append(RESULTS / "report.png")
-    markdown = render_markdown(data, clients, carriers, json_decode, runs, chart)
+    markdown = render_markdown(data, clients, carriers, json_decode, managers, runs, chart)
     (RESULTS / "report.md").write_text(markdown)
     written.insert(0, RESULTS / "report.md")
     return written

@@ -1,7 +1,8 @@
 """Shared helpers of the client integration tests (`tests/test_client_*.py`).
 
 Everything here talks to a real reference manager over loopback sockets; nothing of anytcm is
-mocked. Each test module starts its own `ReferenceManager` subprocess in a module-scoped fixture.
+mocked. Most modules share the session's `ReferenceManager` subprocess (the `manager` fixture
+of tests/conftest.py); fault tests and managers with other options start their own.
 """
 
 from __future__ import annotations

@@ -166,7 +166,8 @@ async def test_supervisor_waits_the_backoff_sequence_between_attempts() -> None:
 
     import anyio
 
-    from anytcm._core.pool import Pool, PoolSettings
+    from anytcm._core.pool import Pool
+    from anytcm._core.settings import PoolSettings
     from anytcm.errors import ConnectError
     from anytcm.transport import TransportOptions
     from anytcm.transports._websockets import WebsocketsTransportFactory

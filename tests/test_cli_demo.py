@@ -5,6 +5,8 @@ leave neither its reference manager process nor a shared-memory segment behind, 
 is interrupted (SIGINT to the process alone, or to its whole process group as a terminal's
 Ctrl-C does, which also hits the manager). Its rows' checks are also tested in-process against
 a manager made to fail, to prove a failed check shows as ✗ rather than passing by construction.
+The same goes for its second manager, which the failover row (a client over both managers, one
+of them SIGKILLed) uses; that row is also run in-process, on both backends.
 """
 
 from __future__ import annotations
@@ -21,12 +23,20 @@ from collections.abc import Iterator
 import pytest
 
 import anytcm
-from anytcm.cli._demo import DemoRow, _infer_row, _queue_stats_row, _stream_row
+from anytcm.cli._demo import (
+    FAILOVER_AFTER,
+    DemoRow,
+    _failover_row,
+    _infer_row,
+    _queue_stats_row,
+    _stream_row,
+)
 from anytcm.plugins import carrier_names
-from anytcm.testing import ReferenceManager
+from anytcm.testing import ReferenceCluster, ReferenceManager
 
 ZSTD = "zstd" in carrier_names()
 HEADER = re.compile(r"reference manager on (?P<url>ws://\S+) \(pid (?P<pid>\d+)\)")
+SECOND = re.compile(r"and (?P<url>ws://\S+) \(pid (?P<pid>\d+)\) for the failover row")
 
 
 def anytcm_command(*args: str) -> list[str]:
@@ -89,10 +99,15 @@ def test_demo_json_every_carrier_checks_and_cleans_up() -> None:
         }
     ]
     assert all(row["latency_ms"] > 0 for row in rows if row not in refused)
-    assert [row["call"] for row in rows[-2:]] == ["infer_stream", "queue_stats"]
+    assert [row["call"] for row in rows[-3:]] == ["infer_stream", "queue_stats", "failover"]
+    failover = rows[-1]
+    assert (failover["carrier"], failover["size"], failover["ok"]) == ("json", "4 KiB", True)
+    assert f"one SIGKILLed: {FAILOVER_AFTER}/{FAILOVER_AFTER} ok" in failover["note"]
     assert ("zstd" in report["manager"]["granted"]) is ZSTD
     assert "shm" in report["manager"]["granted"]
+    assert report["second_manager"]["url"] != report["manager"]["url"]
     assert_gone(report["manager"]["pid"])
+    assert_gone(report["second_manager"]["pid"])
     assert segments_of(process.pid) == []
     assert elapsed < 30  # "a few seconds" on a quiet machine; generous for a loaded CI box
 
@@ -111,9 +126,13 @@ def test_demo_table_on_trio() -> None:
     assert "✓" in done.stdout
     assert "✗" not in done.stdout
     assert "refused: PayloadTooLarge" in done.stdout
-    for word in ("json", "shm", "infer_stream", "queue_stats", "latency"):
+    for word in ("json", "shm", "infer_stream", "queue_stats", "latency", "failover"):
         assert word in done.stdout
+    assert f"{FAILOVER_AFTER}/{FAILOVER_AFTER} ok" in done.stdout
     assert_gone(int(header["pid"]))
+    second = SECOND.search(done.stdout)
+    assert second is not None, done.stdout
+    assert_gone(int(second["pid"]))
 
 
 def test_demo_unknown_carrier_is_a_usage_error() -> None:
@@ -148,8 +167,10 @@ def test_ctrl_c_exits_130_quietly_and_leaves_nothing(backend: str, whole_group: 
     )
     try:
         assert process.stdout is not None
-        header = HEADER.search(process.stdout.readline())
+        first_line = process.stdout.readline()
+        header, second = HEADER.search(first_line), SECOND.search(first_line)
         assert header is not None
+        assert second is not None
         manager_pid = int(header["pid"])
         time.sleep(0.5)  # well into the shm rows (100,000 rounds each)
         assert process.poll() is None
@@ -166,6 +187,7 @@ def test_ctrl_c_exits_130_quietly_and_leaves_nothing(backend: str, whole_group: 
     assert err == ""
     assert out == ""  # no table for an interrupted demo
     assert_gone(manager_pid)
+    assert_gone(int(second["pid"]))
     assert segments_of(process.pid) == []
 
 
@@ -198,10 +220,10 @@ def test_ctrl_c_during_queue_stats_load() -> None:
 # -- the rows' checks can fail --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def failing_manager() -> Iterator[ReferenceManager]:
-    with ReferenceManager() as running:
-        yield running
+@pytest.fixture
+def failing_manager(manager: ReferenceManager) -> ReferenceManager:
+    """The shared manager (tests/conftest.py); the test sets an error switch and resets it."""
+    return manager
 
 
 @pytest.mark.anyio
@@ -224,3 +246,38 @@ async def test_rows_report_failures(failing_manager: ReferenceManager) -> None:
     assert stream.ok
     assert stream.latency is not None
     assert stats.ok
+
+
+# -- the failover row ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_managers() -> Iterator[ReferenceCluster]:
+    """A cluster of its own: the row kills one of them."""
+    with ReferenceCluster(2) as cluster:
+        yield cluster
+
+
+@pytest.mark.anyio
+async def test_failover_row_survives_a_sigkill(two_managers: ReferenceCluster) -> None:
+    victim = two_managers[1]
+    row = await _failover_row(two_managers.urls, victim.kill, "json", 10.0)
+    assert not victim.running
+    assert row.ok, row.note
+    assert (row.call, row.carrier, row.size) == ("failover", "json", "4 KiB")
+    assert row.latency is not None
+    # Both managers served calls before the kill (the row waits for a connection to each).
+    spread = re.search(r"2 managers \((?P<a>\d+)\+(?P<b>\d+) calls\)", row.note)
+    assert spread is not None, row.note
+    assert int(spread["a"]) > 0
+    assert int(spread["b"]) > 0
+    assert f"one SIGKILLed: {FAILOVER_AFTER}/{FAILOVER_AFTER} ok" in row.note
+
+
+@pytest.mark.anyio
+async def test_failover_row_reports_a_failing_survivor(two_managers: ReferenceCluster) -> None:
+    """Not a pass by construction: a survivor whose inferences fail fails the row."""
+    two_managers[0].set_faults(**{"error.double": "TRITON_INFERENCE_FAILED"})
+    row = await _failover_row(two_managers.urls, two_managers[1].kill, "json", 10.0)
+    assert not row.ok
+    assert "InferenceFailed" in row.note

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,6 @@ from _cli_helpers import BACKENDS, assert_one_line_error, cli
 from anytcm.testing import ReferenceManager
 
 
-@pytest.fixture(scope="module")
-def manager() -> Iterator[ReferenceManager]:
-    with ReferenceManager() as running:
-        yield running
-
-
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     name: str = request.param
@@ -33,7 +26,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def infer(manager: ReferenceManager, backend: str, capsys: pytest.CaptureFixture[str]) -> Any:
-    """`anytcm infer MODEL ARGS...` against the module's manager and its registered target."""
+    """`anytcm infer MODEL ARGS...` against the shared manager and its registered target."""
 
     def run(model: str, *args: str) -> tuple[int, str, str]:
         outcome = cli(

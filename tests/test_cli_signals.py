@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +25,6 @@ from anytcm.testing import ReferenceManager
 EXIT_BOUND = 10.0  # seconds from the signal to the exit: "promptly", not a benchmark
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-
-
-@pytest.fixture(scope="module")
-def manager() -> Iterator[ReferenceManager]:
-    with ReferenceManager() as running:
-        yield running
 
 
 def start(*args: str) -> subprocess.Popen[str]:

@@ -27,12 +27,6 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(scope="module")
-def manager() -> Iterator[ReferenceManager]:
-    with ReferenceManager() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def tight_manager() -> Iterator[ReferenceManager]:
     """Per-uuid inference queue of 1 and one inference worker: any second queued inference on a
     uuid would be NACKed with BACKPRESSURE_QUEUE_FULL."""

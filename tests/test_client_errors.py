@@ -32,12 +32,6 @@ WRONG_TOKEN = "wr0ng-T0KEN-also-secret"
 
 
 @pytest.fixture(scope="module")
-def manager() -> Iterator[ReferenceManager]:
-    with ReferenceManager() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def budget_manager() -> Iterator[ReferenceManager]:
     """The '413' payload budget at 0.01 MiB (10485 bytes): 4000 FP32 values exceed it."""
     with ReferenceManager(extra_args=["--max-request-payload-mb", "0.01"]) as running:

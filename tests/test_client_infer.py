@@ -5,7 +5,6 @@ Every test runs on asyncio and trio against a real reference manager subprocess.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -16,12 +15,6 @@ from _client_helpers import REF, distinct, f32, infer_double, open_connections_u
 from anytcm.testing import ReferenceManager
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def manager() -> Iterator[ReferenceManager]:
-    with ReferenceManager() as running:
-        yield running
 
 
 # -- infer and its result ------------------------------------------------------------------

@@ -33,12 +33,6 @@ pytestmark = pytest.mark.anyio
 ACTIVE = "tcm_ws_connections_active"
 
 
-@pytest.fixture(scope="module")
-def manager() -> Iterator[ReferenceManager]:
-    with ReferenceManager() as running:
-        yield running
-
-
 # -- alerts ------------------------------------------------------------------------------------
 
 

@@ -6,8 +6,6 @@ uses, so tests do not depend on each other's leftovers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import anyio
 import numpy as np
 import pytest
@@ -26,12 +24,6 @@ from _client_helpers import (
 from anytcm.testing import ReferenceManager
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def manager() -> Iterator[ReferenceManager]:
-    with ReferenceManager() as running:
-        yield running
 
 
 async def test_create_vm_container_server_then_infer_and_delete(manager: ReferenceManager) -> None:

@@ -36,12 +36,6 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(scope="module")
-def manager() -> Iterator[ReferenceManager]:
-    with ReferenceManager() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def spans() -> InMemorySpanExporter:
     """The in-memory exporter behind the global tracer provider (settable once per process)."""
     exporter = InMemorySpanExporter()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -30,12 +29,6 @@ pytestmark = [
         "ignore:Exception ignored in.*MemoryObject:pytest.PytestUnraisableExceptionWarning"
     ),
 ]
-
-
-@pytest.fixture(scope="module")
-def manager() -> Iterator[ReferenceManager]:
-    with ReferenceManager() as running:
-        yield running
 
 
 def stream_inputs(*items: str, delay_ms: int = 0) -> dict[str, Any]:

@@ -10,7 +10,6 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import anyio
 import pytest
@@ -23,12 +22,6 @@ if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def manager() -> Iterator[ReferenceManager]:
-    with ReferenceManager() as running:
-        yield running
 
 
 def single(exc: BaseException) -> None:

@@ -67,6 +67,7 @@ def fake_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
             [anytcm.carriers]
             fake = fakecarrier:FakeCarrier
             broken = fakecarrier:DoesNotExist
+            json = fakecarrier:FakeCarrier
             """
         )
     )
@@ -87,6 +88,27 @@ def test_builtins_are_listed_with_their_distribution() -> None:
         assert rows[key].distribution == "anytcm"
         assert rows[key].version == anytcm.__version__
     assert rows[("anytcm.transports", "websockets")].distribution == "anytcm"
+
+
+def test_builtins_are_declared_once() -> None:
+    """The built-in table of `anytcm.plugins` is their only declaration: pyproject.toml must
+    not repeat it as entry points, a twin that could drift from it."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text("utf-8"))
+    groups = pyproject["project"].get("entry-points", {})
+    for group, builtins in [
+        (plugins.CARRIER_GROUP, plugins.BUILTIN_CARRIERS),
+        (plugins.TRANSPORT_GROUP, plugins.BUILTIN_TRANSPORTS),
+    ]:
+        twins = sorted(set(groups.get(group, {})) & set(builtins))
+        assert not twins, f"pyproject.toml declares the built-in {group} {twins} again"
+
+
+def test_a_builtin_name_is_the_builtin_whoever_else_declares_it(fake_distribution: Path) -> None:
+    rows = {r.name: r for r in plugins.list_plugins() if r.group == plugins.CARRIER_GROUP}
+    assert rows["json"].distribution == "anytcm"  # listed as what loads
+    assert rows["json"].value == plugins.BUILTIN_CARRIERS["json"]
+    assert type(plugins.load_carrier("json")).__name__ == "JsonCarrier"
 
 
 def test_discovered_plugin_is_listed_before_it_is_imported(fake_distribution: Path) -> None:

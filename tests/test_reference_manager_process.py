@@ -25,6 +25,7 @@ def _auth(url: str) -> None:
         assert json.loads(ws.recv(timeout=5)) == {"type": "auth.ok"}
 
 
+@pytest.mark.fault
 def test_port_zero_is_reported_and_restart_keeps_the_port() -> None:
     with ReferenceManager() as manager:
         first_port, first_pid = manager.port, manager.pid
@@ -36,6 +37,7 @@ def test_port_zero_is_reported_and_restart_keeps_the_port() -> None:
         _auth(manager.ws_url)
 
 
+@pytest.mark.fault
 def test_kill_drops_connections_abruptly() -> None:
     with ReferenceManager() as manager, connect(manager.ws_url) as ws:
         ws.send(json.dumps({"uuid": "k", "type": "auth", "payload": {}}))
@@ -49,6 +51,7 @@ def test_kill_drops_connections_abruptly() -> None:
             httpx.get(f"{manager.http_url}/health")
 
 
+@pytest.mark.fault
 def test_sigterm_with_nothing_in_flight_exits_cleanly() -> None:
     manager = ReferenceManager().start()
     try:
@@ -58,6 +61,7 @@ def test_sigterm_with_nothing_in_flight_exits_cleanly() -> None:
         manager.stop()
 
 
+@pytest.mark.fault
 def test_pause_freezes_and_resume_continues() -> None:
     with ReferenceManager() as manager:
         manager.pause()
@@ -84,6 +88,7 @@ def test_start_failure_reports_the_server_output() -> None:
         manager.start()
 
 
+@pytest.mark.fault
 def test_server_exits_when_its_parent_dies() -> None:
     """A crashed test process must not leave a server (and its port) behind."""
     script = (

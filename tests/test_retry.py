@@ -107,12 +107,6 @@ def test_invalid_policies_are_refused() -> None:
 pytestmark_anyio = pytest.mark.anyio
 
 
-@pytest.fixture(scope="module")
-def manager() -> Iterator[ReferenceManager]:
-    with ReferenceManager() as m:
-        yield m
-
-
 @pytest.fixture(autouse=True)
 def _reset(request: pytest.FixtureRequest) -> Iterator[None]:
     yield

@@ -58,12 +58,6 @@ def _nothing_left_behind() -> Iterator[None]:
     assert _ours() - before == set(), "segments were left in /dev/shm"
 
 
-@pytest.fixture(scope="module")
-def manager() -> Iterator[ReferenceManager]:
-    with ReferenceManager() as running:
-        yield running
-
-
 class TestShmConformance(CarrierConformance):
     @pytest.fixture
     def carrier(self) -> ShmCarrier:

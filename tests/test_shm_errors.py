@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 
@@ -14,12 +12,6 @@ from anytcm.testing import ReferenceManager
 
 pytestmark = pytest.mark.anyio
 REF = anytcm.Target("127.0.0.1", "ref-0")
-
-
-@pytest.fixture(scope="module")
-def manager() -> Iterator[ReferenceManager]:
-    with ReferenceManager() as m:
-        yield m
 
 
 async def test_missing_segment_is_shm_unavailable(manager: ReferenceManager) -> None:
@@ -54,3 +46,19 @@ async def test_key_reused_with_a_transient_target_is_registration_failed(
             assert client.stats["retries"] == 0
     finally:
         staged.release()
+
+
+async def test_references_are_refused_unsent_for_streams_and_pipelines(
+    manager: ReferenceManager,
+) -> None:
+    """The manager refuses shared memory in gRPC streams (contract §9): the client says so first."""
+    ref = anytcm.SHMReference("INPUT0", "/anytcm-no-such-segment", 0, 16, [4], "FP32")
+    async with anytcm.connect(manager.ws_url, pool_size=1) as client:
+        with pytest.raises(anytcm.CarrierUnavailable) as caught:
+            client.infer_stream("stream", [ref], target=REF)
+        assert caught.value.carrier == "shm"
+        assert "gRPC streaming" in caught.value.reason
+        with pytest.raises(anytcm.CarrierUnavailable) as caught:
+            await client.pipeline([("double", [ref])], target=REF)
+        assert "pipelines" in caught.value.reason
+        assert client.stats["retries"] == 0

@@ -42,12 +42,6 @@ from anytcm.sync_client import SyncClient, SyncInfoAPI, SyncManagementAPI
 from anytcm.testing import ReferenceManager
 
 
-@pytest.fixture(scope="module")
-def manager() -> Iterator[ReferenceManager]:
-    with ReferenceManager() as running:
-        yield running
-
-
 @pytest.fixture(params=["asyncio", "trio"])
 def backend(request: pytest.FixtureRequest) -> str:
     """The portal's event loop: every test runs on both."""

@@ -25,6 +25,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from anytcm import tensors, wire
+from anytcm._fast import arrays as fast_arrays
+from anytcm._fast import floats as fast_floats
 from anytcm.errors import InvalidInput
 from anytcm.tensors import (
     SUPPORTED_DATATYPES,
@@ -658,10 +660,14 @@ def test_piecewise_parsing_matches_on_every_layout(
     else:
         raw = json.dumps(values, indent=1 if layout == "indented" else None).encode()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tensors, "_PIECE_BYTES", piece_bytes)
+        patch.setattr(fast_arrays, "_PIECE_BYTES", piece_bytes)
         assert same(decode_output(raw, arr.dtype, arr.shape), arr)
         if arr.dtype.kind in "iu" and int(arr.max()) <= np.iinfo(np.int64).max:
             assert same(decode_output(raw, None, arr.shape), arr.astype(np.int64))
+        # The fast path itself, whatever ANYTCM_NO_FAST_PATHS says: exact, or it declines.
+        target = TRITON_TO_NUMPY[triton_datatype(arr.dtype)]
+        fast = fast_arrays.decode_numbers(raw.strip(), target, arr.ndim)
+        assert fast is None or same(fast, arr)
 
 
 @pytest.mark.parametrize(
@@ -679,9 +685,10 @@ def test_piecewise_parsing_matches_on_every_layout(
 )
 def test_piecewise_parsing_refuses_malformed_text(raw: bytes) -> None:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tensors, "_PIECE_BYTES", 2)
+        patch.setattr(fast_arrays, "_PIECE_BYTES", 2)
         with pytest.raises(InvalidInput):
             decode_output(raw, "FP32")
+        assert fast_arrays.decode_numbers(raw, np.dtype(np.float32), raw.count(b"[", 0, 3)) is None
 
 
 @pytest.mark.parametrize(("raw", "datatype"), [(b"[1.5, 1e39]", "FP32"), (b"[1, 70000]", "FP16")])
@@ -738,6 +745,10 @@ def test_small_float_path_agrees_with_the_general_path(
             decode_output(text, dtype)
     else:
         assert same(decode_output(text, dtype), expected)
+    small = fast_floats.decode_floats(text, TRITON_TO_NUMPY[dtype])  # whatever the switch says
+    if small is not None:
+        assert not isinstance(expected, InvalidInput), text
+        assert same(small, expected)
 
 
 def test_small_float_path_takes_the_common_forms() -> None:
@@ -745,7 +756,7 @@ def test_small_float_path_takes_the_common_forms() -> None:
     forms = (b"[0.5, -2, 1e-3]", b"[[1.5, 2.5]]", b"[[1.5],[2.5]]", b"[]", b"[[]]", b" [1.0] ")
     for text in forms:
         for target in (np.dtype(np.float32), np.dtype(np.float64)):
-            small = tensors._decode_small(text, target)
+            small = fast_floats.decode_floats(text, target)
             assert small is not None, text
             assert same(small, np.asarray(orjson.loads(text), dtype=target))
             assert small.flags.writeable, text
@@ -755,7 +766,7 @@ def test_small_float_path_takes_the_common_forms() -> None:
         b"[[[1]]]", b"1", b"[1e400]",
     )  # fmt: skip
     for text in refused:
-        assert tensors._decode_small(text, np.dtype(np.float32)) is None, text
+        assert fast_floats.decode_floats(text, np.dtype(np.float32)) is None, text
 
 
 def test_small_float32_outputs_at_the_range_edge_round_or_are_refused() -> None:
@@ -948,7 +959,7 @@ def test_nesting_one_level_beyond_numpy_is_refused_and_up_to_it_decodes(
     out = decode_output(at_limit, dtype)
     assert out.shape == (2,) + (1,) * (MAX_RANK - 1)
     with pytest.MonkeyPatch.context() as patch:  # the same through the pieces path
-        patch.setattr(tensors, "_PIECE_BYTES", 8)
+        patch.setattr(fast_arrays, "_PIECE_BYTES", 8)
         assert decode_output(at_limit, dtype).shape == out.shape
     beyond = b"[" + at_limit + b"]"
     for raw in (beyond, orjson.loads(beyond)):
@@ -982,7 +993,7 @@ def test_ragged_deep_nesting_is_refused(dtype: str | None, piece_bytes: int | No
     deep_in_rows = b"[" + b",".join([b"[1,2]"] * 50 + [b"[3," + nested(600) + b"]"]) + b"]"
     with pytest.MonkeyPatch.context() as patch:
         if piece_bytes is not None:
-            patch.setattr(tensors, "_PIECE_BYTES", piece_bytes)
+            patch.setattr(fast_arrays, "_PIECE_BYTES", piece_bytes)
         for raw in (ladder, deep_in_rows):
             with pytest.raises(InvalidInput, match="nested deeper than the first"):
                 decode_output(raw, dtype)
@@ -990,17 +1001,21 @@ def test_ragged_deep_nesting_is_refused(dtype: str | None, piece_bytes: int | No
             decode_output(deep_first, dtype)
 
 
+# The codec's own code: the general path and the fast paths it may take.
+_CODEC_FILES = frozenset({tensors.__file__, fast_arrays.__file__, fast_floats.__file__})
+
+
 class Work:
     """What `decode_output` does, counted deterministically rather than timed: the calls
-    (Python functions of `anytcm.tensors` entered, and C functions they call, as seen by a
-    profile hook) and the bytes handed to orjson to parse."""
+    (Python functions of `anytcm.tensors` and its fast paths entered, and C functions they
+    call, as seen by a profile hook) and the bytes handed to orjson to parse."""
 
     def __init__(self) -> None:
         self.calls = 0
         self.parsed = 0
 
     def profile(self, frame: Any, event: str, arg: Any) -> None:
-        if frame.f_code.co_filename == tensors.__file__ and event in ("call", "c_call"):
+        if frame.f_code.co_filename in _CODEC_FILES and event in ("call", "c_call"):
             self.calls += 1
 
 
@@ -1052,7 +1067,7 @@ def test_deep_nesting_further_on_costs_work_linear_in_its_size(
     Python-level work does not grow with the depth."""
     with pytest.MonkeyPatch.context() as patch:
         if piece_bytes is not None:
-            patch.setattr(tensors, "_PIECE_BYTES", piece_bytes)
+            patch.setattr(fast_arrays, "_PIECE_BYTES", piece_bytes)
         # All three above the real piece size, so all take the same path.
         texts = [_DEEP_TEXTS[kind](depth) for depth in (80_000, 160_000, 320_000)]
         works = [measure(text, dtype) for text in texts]

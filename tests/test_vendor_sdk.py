@@ -42,13 +42,6 @@ OPENSTACK = {
 
 
 @pytest.fixture(scope="module")
-def manager() -> Iterator[ReferenceManager]:
-    """A reference manager in simple mode: any token is accepted (contract §3.2)."""
-    with ReferenceManager() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def token_manager() -> Iterator[ReferenceManager]:
     with ReferenceManager(token="vendor-secret") as running:
         yield running

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anytcm import wire
+from anytcm._fast import frames as fast_frames
 
 decoder = wire.ServerFrameDecoder()
 
@@ -420,9 +421,13 @@ def completed(data: dict[str, Any]) -> bytes:
     ).encode()
 
 
+# The numbers decoder is a fast path (`anytcm._fast.frames`): these tests turn it on whatever
+# ANYTCM_NO_FAST_PATHS says.
+
+
 def test_a_small_reply_of_flat_numbers_is_decoded_with_its_numbers() -> None:
     """Parsed in the frame's one pass: ints exact at any size, floats as floats."""
-    frame = wire.ServerFrameDecoder().decode(
+    frame = wire.ServerFrameDecoder(fast_paths=True).decode(
         completed({"A": [1, 2.5, -0.0, 2**64], "B": 7, "C": 1e-3, "D": []})
     )
     assert isinstance(frame, wire.InferenceReply)
@@ -444,7 +449,7 @@ def test_a_small_reply_of_flat_numbers_is_decoded_with_its_numbers() -> None:
     ],
 )
 def test_a_reply_the_numbers_decoder_refuses_is_decoded_as_text(data: dict[str, Any]) -> None:
-    frame = wire.ServerFrameDecoder().decode(completed(data))
+    frame = wire.ServerFrameDecoder(fast_paths=True).decode(completed(data))
     assert isinstance(frame, wire.InferenceReply)
     assert isinstance(frame.payload.data, dict)
     assert all(isinstance(v, msgspec.Raw) for v in frame.payload.data.values())
@@ -453,7 +458,7 @@ def test_a_reply_the_numbers_decoder_refuses_is_decoded_as_text(data: dict[str, 
 
 def test_after_a_refusal_the_numbers_decoder_pauses() -> None:
     """A refused frame costs two decodes, so the next few small frames skip the attempt."""
-    decoder = wire.ServerFrameDecoder()
+    decoder = wire.ServerFrameDecoder(fast_paths=True)
     flat, nested = completed({"A": [1.0, 2.0]}), completed({"A": [[1.0, 2.0]]})
 
     def form(frame: bytes) -> type:
@@ -464,18 +469,26 @@ def test_after_a_refusal_the_numbers_decoder_pauses() -> None:
 
     assert form(flat) is list
     assert form(nested) is msgspec.Raw
-    assert [form(flat) for _ in range(wire._NUMBERS_PAUSE)] == [msgspec.Raw] * wire._NUMBERS_PAUSE
+    pause = fast_frames._PAUSE
+    assert [form(flat) for _ in range(pause)] == [msgspec.Raw] * pause
     assert form(flat) is list
 
 
 def test_a_reply_over_the_numbers_size_is_decoded_as_text() -> None:
-    values = [0.5] * (wire._NUMBERS_FRAME_BYTES // 4)
-    frame = wire.ServerFrameDecoder().decode(completed({"A": values}))
+    values = [0.5] * (fast_frames._NUMBERS_FRAME_BYTES // 4)
+    frame = wire.ServerFrameDecoder(fast_paths=True).decode(completed({"A": values}))
     assert isinstance(frame, wire.InferenceReply)
     assert isinstance(frame.payload.data, dict)
     raw = frame.payload.data["A"]
     assert isinstance(raw, msgspec.Raw)
     assert msgspec.json.decode(raw) == values
+
+
+def test_without_fast_paths_every_output_is_kept_as_text() -> None:
+    frame = wire.ServerFrameDecoder(fast_paths=False).decode(completed({"A": [1, 2.5], "B": 7}))
+    assert isinstance(frame, wire.InferenceReply)
+    assert isinstance(frame.payload.data, dict)
+    assert all(isinstance(v, msgspec.Raw) for v in frame.payload.data.values())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -679,6 +692,36 @@ def check_decoded(frame: wire.ServerFrame, obj: dict[str, Any]) -> None:
 def test_server_frames_round_trip(obj: dict[str, Any], indent: int | None) -> None:
     frame = decoder.decode(json.dumps(obj, indent=indent).encode())
     check_decoded(frame, obj)
+
+
+# The public classes a decoded frame is an instance of (the fast and general paths decode an
+# inference reply into different subclasses of InferenceReply).
+_FRAME_CLASSES = (
+    wire.AuthOk,
+    wire.ErrorFrame,
+    wire.InfoResponse,
+    wire.ManagementReply,
+    wire.InferenceReply,
+    wire.Alert,
+    wire.UnknownFrame,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(obj=server_frames, indent=st.none() | st.integers(min_value=0, max_value=2))
+def test_the_fast_paths_decode_as_the_general_path(obj: dict[str, Any], indent: int | None) -> None:
+    """Each frame decodes to the same frame (or fails the same way) with and without them."""
+    data = json.dumps(obj, indent=indent).encode()
+    frames = []
+    for fast_paths in (True, False):
+        try:
+            frame = wire.ServerFrameDecoder(fast_paths=fast_paths).decode(data)
+        except wire.FrameDecodeError as exc:
+            frames.append(str(exc))
+        else:
+            check_decoded(frame, obj)
+            frames.append(next(c.__name__ for c in _FRAME_CLASSES if isinstance(frame, c)))
+    assert frames[0] == frames[1]
 
 
 @settings(max_examples=40, deadline=None)

@@ -1,7 +1,9 @@
-"""Large inference replies decoded with their arrays cut out (`wire._cut_arrays`).
+"""Large inference replies decoded with their arrays cut out (`wire.decode_cut`).
 
 The oracle is msgspec's own decode of the whole frame: the cut path must give the same frame,
-value for value, or decline. Thresholds are lowered so that small generated frames take it.
+value for value, or decline. Thresholds are lowered so that small generated frames take it. The
+fast path that cuts first (`anytcm._fast.frames`) is turned on here whatever
+ANYTCM_NO_FAST_PATHS says; the general path cuts only what msgspec cannot decode whole.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anytcm import wire
+from anytcm._fast import frames
 from anytcm.errors import InvalidInput
 from anytcm.tensors import decode_output
 
@@ -32,7 +35,7 @@ _plain = msgspec.json.Decoder(
 
 @pytest.fixture
 def small_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(wire, "_CUT_FRAME_BYTES", 16)
+    monkeypatch.setattr(frames, "_CUT_FRAME_BYTES", 16)
     monkeypatch.setattr(wire, "_CUT_VALUE_BYTES", 4)
 
 
@@ -46,7 +49,7 @@ def reply(data: Any, **payload: Any) -> dict[str, Any]:
 
 def same_frame(frame: bytes) -> wire.ServerFrame:
     """Decode both ways and insist on the same result (raw values compared as bytes)."""
-    ours = wire.ServerFrameDecoder().decode(frame)
+    ours = wire.ServerFrameDecoder(fast_paths=True).decode(frame)
     plain = _plain.decode(frame)
     assert type(ours) is type(plain)
     assert isinstance(ours, wire.InferenceReply)
@@ -81,7 +84,7 @@ def test_a_large_1d_output_is_cut_and_decodes_like_the_whole_frame() -> None:
         reply({"OUTPUT0": arr, "OUTPUT1": [1, 2]}, model_name="m"),
         option=orjson.OPT_SERIALIZE_NUMPY,
     )
-    assert len(frame) >= wire._CUT_FRAME_BYTES
+    assert len(frame) >= frames._CUT_FRAME_BYTES
     outputs = cut_outputs(frame, 1)  # the small OUTPUT1 stays in place
     assert np.array_equal(decode_output(outputs["OUTPUT0"], "FP32"), arr)
 
@@ -159,10 +162,10 @@ def test_other_frame_types_with_arrays_decode_as_usual() -> None:
             "payload": {"job_id": 7, "status": "success", "data": {"q": [1, 2, 3, 4, 5]}},
         }
     ).encode()
-    ours = wire.ServerFrameDecoder().decode(frame)
+    ours = wire.ServerFrameDecoder(fast_paths=True).decode(frame)
     assert ours == _plain.decode(frame)
     unknown = json.dumps({"type": "future", "x": [1, 2, 3, 4, 5]}).encode()
-    decoded = wire.ServerFrameDecoder().decode(unknown)
+    decoded = wire.ServerFrameDecoder(fast_paths=True).decode(unknown)
     assert isinstance(decoded, wire.UnknownFrame)
     assert decoded.raw["x"] == [1, 2, 3, 4, 5]
 
@@ -171,16 +174,18 @@ def test_other_frame_types_with_arrays_decode_as_usual() -> None:
 def test_a_malformed_frame_is_still_refused_as_a_frame() -> None:
     bad = b'{"type":"inference","payload":{"data":{"O":[1,2,3,4,5]}}}'  # no status
     with pytest.raises(wire.FrameDecodeError, match="status"):
-        wire.ServerFrameDecoder().decode(bad)
+        wire.ServerFrameDecoder(fast_paths=True).decode(bad)
     with pytest.raises(wire.FrameDecodeError, match="not valid JSON"):
-        wire.ServerFrameDecoder().decode(b'{"type":"inference","payload":{"data":{"O":[1,2,3,4,5]}')
+        wire.ServerFrameDecoder(fast_paths=True).decode(
+            b'{"type":"inference","payload":{"data":{"O":[1,2,3,4,5]}'
+        )
 
 
 @pytest.mark.usefixtures("small_thresholds")
 def test_a_cut_array_that_is_not_json_fails_when_decoded_with_a_typed_error() -> None:
     """Its text is parsed later, by the tensor codec: strict JSON, so garbage still fails."""
     frame = b'{"type":"inference","payload":{"status":"COMPLETED","data":{"O":[1,2,,3,4x]}}}'
-    decoded = wire.ServerFrameDecoder().decode(frame)
+    decoded = wire.ServerFrameDecoder(fast_paths=True).decode(frame)
     assert isinstance(decoded, wire.InferenceReply)
     assert isinstance(decoded.payload.data, dict)
     with pytest.raises(InvalidInput):
@@ -254,6 +259,27 @@ def test_any_reply_decodes_exactly_as_the_whole_frame(
         _plain.decode(frame.encode())
     except msgspec.ValidationError:
         with pytest.raises(wire.FrameDecodeError):
-            wire.ServerFrameDecoder().decode(frame.encode())
+            wire.ServerFrameDecoder(fast_paths=True).decode(frame.encode())
         return
     same_frame(frame.encode())
+
+
+@pytest.mark.parametrize("fast_paths", [True, False])
+def test_an_output_nested_too_deep_for_msgspec_is_left_to_the_codec(fast_paths: bool) -> None:
+    """A large one is cut out on either path, and the codec refuses it; a small one (or one
+    that is no array) makes the frame undecodable on either path."""
+    decoder = wire.ServerFrameDecoder(fast_paths=fast_paths)
+    deep = b"[" * 20_000 + b"1" + b"]" * 20_000
+    frame = json.dumps(reply({"OUT": "@", "B": [1.5]}, model_name="m")).encode()
+    decoded = decoder.decode(frame.replace(b'"@"', deep))
+    assert isinstance(decoded, wire.InferenceReply)
+    assert decoded.payload.model_name == "m"
+    assert isinstance(decoded.payload.data, dict)
+    assert bytes(decoded.payload.data["OUT"]) == deep
+    assert msgspec.json.decode(bytes(decoded.payload.data["B"])) == [1.5]
+    with pytest.raises(InvalidInput, match="nested more than"):
+        decode_output(decoded.payload.data["OUT"], "FP32")
+    small = b"[" * 2_000 + b"1" + b"]" * 2_000
+    for value in (small, b'{"x":' + deep + b"}"):
+        with pytest.raises(RecursionError):
+            decoder.decode(frame.replace(b'"@"', value))

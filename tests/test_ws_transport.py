@@ -31,7 +31,7 @@ from websockets.server import ServerProtocol
 from anytcm.errors import ConnectError, ConnectionLost, HandshakeRejected
 from anytcm.testing import ReferenceManager
 from anytcm.transport import MessageSink, Transport, TransportFactory, TransportOptions
-from anytcm.transports._websockets import WebsocketsTransportFactory, _SendGuard
+from anytcm.transports._websockets import WebsocketsTransportFactory, new_send_lock
 
 pytestmark = pytest.mark.anyio
 
@@ -40,13 +40,6 @@ GENERATE_SIZE = 300_000
 
 
 # -- fixtures and helpers -----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def manager() -> Iterator[ReferenceManager]:
-    """The shared, healthy reference manager."""
-    with ReferenceManager() as manager:
-        yield manager
 
 
 @pytest.fixture(scope="module")
@@ -790,7 +783,7 @@ async def test_deliver_to_takes_one_handler_also_over_tls(
 
 
 async def test_send_guard_serialises_writers_in_arrival_order() -> None:
-    guard = _SendGuard()
+    guard = new_send_lock()
     order: list[str] = []
     inside = 0
 
@@ -815,7 +808,7 @@ async def test_send_guard_serialises_writers_in_arrival_order() -> None:
 async def test_send_guard_survives_cancelled_waiters(
     anyio_backend: tuple[str, dict[str, object]],
 ) -> None:
-    guard = _SendGuard()
+    guard = new_send_lock()
     entered: list[str] = []
     holder_may_leave = anyio.Event()
 
@@ -831,13 +824,13 @@ async def test_send_guard_survives_cancelled_waiters(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(holder)
-        await anyio.sleep(0.01)
+        await _until(lambda: entered == ["holder"])
         with anyio.CancelScope() as doomed:
             # Cancelled while waiting: it must leave the queue, not keep a turn forever.
             doomed.cancel()
             await waiter("cancelled")
         tg.start_soon(waiter, "next")
-        await anyio.sleep(0.01)
+        await _until(lambda: _waiting(guard) == 1)
         holder_may_leave.set()
     assert entered == ["holder", "next"]
 
@@ -849,11 +842,12 @@ async def test_send_guard_survives_cancelled_waiters(
     handed_scope = anyio.CancelScope()
     native: list[asyncio.Task[Any]] = []
     natively_cancelled: list[bool] = []
+    release = anyio.Event()
 
     async def releasing_holder() -> None:
         async with guard:
             entered.append("holder")
-            await anyio.sleep(0.02)
+            await release.wait()
         # The guard was just handed to "handed", which has not run yet.
         if native:
             native[0].cancel()
@@ -871,10 +865,12 @@ async def test_send_guard_survives_cancelled_waiters(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(releasing_holder)
-        await anyio.sleep(0.005)
+        await _until(lambda: entered == ["holder"])
         tg.start_soon(handed)
-        await anyio.sleep(0.005)
+        await _until(lambda: _waiting(guard) == 1)
         tg.start_soon(waiter, "last")
+        await _until(lambda: _waiting(guard) == 2)
+        release.set()
     if anyio_backend[0] == "asyncio":
         assert natively_cancelled == [True]
         assert entered == ["holder", "last"]
@@ -883,3 +879,14 @@ async def test_send_guard_survives_cancelled_waiters(
     with anyio.fail_after(1):
         async with guard:
             pass
+
+
+def _waiting(guard: anyio.Lock) -> int:
+    """Writers queued for the guard."""
+    return guard.statistics().tasks_waiting
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    with anyio.fail_after(5):
+        while not condition():
+            await anyio.sleep(0.001)

@@ -16,7 +16,7 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__
 
 # A library's loggers stay silent until the application configures logging (without this,
 # Python's last-resort handler prints anytcm's warnings to stderr on its own).
@@ -26,6 +26,11 @@ _EXPORTS = {
     "connect": "client",
     "AsyncClient": "client",
     "InferStream": "client",
+    "ConnectOptions": "options",
+    "ManagerStatus": "_core.managers",
+    "SelectionPolicy": "_core.managers",
+    "RoundRobin": "_core.managers",
+    "LeastBusy": "_core.managers",
     "Target": "results",
     "Tensor": "results",
     "TensorSpec": "results",
@@ -38,6 +43,7 @@ _EXPORTS = {
     "Retry": "retry",
     "TcmError": "errors",
     "ConnectError": "errors",
+    "NoManagerAvailable": "errors",
     "NotReady": "errors",
     "HandshakeRejected": "errors",
     "AuthError": "errors",
@@ -68,6 +74,7 @@ __all__ = (
     "CarrierUnavailable",
     "ClientClosed",
     "ConnectError",
+    "ConnectOptions",
     "ConnectionLost",
     "ContractError",
     "Forbidden",
@@ -76,8 +83,11 @@ __all__ = (
     "InferStream",
     "InferenceFailed",
     "InvalidInput",
+    "LeastBusy",
     "ManagementFailed",
+    "ManagerStatus",
     "ModelSpec",
+    "NoManagerAvailable",
     "NotReady",
     "PayloadTooLarge",
     "ProtocolError",
@@ -86,7 +96,9 @@ __all__ = (
     "RequestTimeout",
     "Retry",
     "RetryPolicy",
+    "RoundRobin",
     "SHMReference",
+    "SelectionPolicy",
     "ServerShutdown",
     "StreamEvent",
     "SyncClient",
@@ -114,6 +126,10 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from ._core.managers import LeastBusy as LeastBusy
+    from ._core.managers import ManagerStatus as ManagerStatus
+    from ._core.managers import RoundRobin as RoundRobin
+    from ._core.managers import SelectionPolicy as SelectionPolicy
     from .client import AsyncClient as AsyncClient
     from .client import InferStream as InferStream
     from .client import connect as connect
@@ -130,6 +146,7 @@ if TYPE_CHECKING:
     from .errors import InferenceFailed as InferenceFailed
     from .errors import InvalidInput as InvalidInput
     from .errors import ManagementFailed as ManagementFailed
+    from .errors import NoManagerAvailable as NoManagerAvailable
     from .errors import NotReady as NotReady
     from .errors import PayloadTooLarge as PayloadTooLarge
     from .errors import ProtocolError as ProtocolError
@@ -138,6 +155,7 @@ if TYPE_CHECKING:
     from .errors import ServerShutdown as ServerShutdown
     from .errors import TcmError as TcmError
     from .errors import UnknownCarrier as UnknownCarrier
+    from .options import ConnectOptions as ConnectOptions
     from .results import InferResult as InferResult
     from .results import ModelSpec as ModelSpec
     from .results import QueueStats as QueueStats

@@ -6,6 +6,30 @@ it unchanged, so a plugin written against either path works.
 
 from __future__ import annotations
 
-from .carriers import Carrier, CarrierContext, InputTensor, Staged, StagedInputs, is_granted
+from .carriers import (
+    JSON_CAPABILITY,
+    SHM_CAPABILITY,
+    Carrier,
+    CarrierContext,
+    CarrierTraits,
+    InputTensor,
+    ItemEncoder,
+    Staged,
+    StagedInputs,
+    carrier_traits,
+    is_granted,
+)
 
-__all__ = ["Carrier", "CarrierContext", "InputTensor", "Staged", "StagedInputs", "is_granted"]
+__all__ = [
+    "JSON_CAPABILITY",
+    "SHM_CAPABILITY",
+    "Carrier",
+    "CarrierContext",
+    "CarrierTraits",
+    "InputTensor",
+    "ItemEncoder",
+    "Staged",
+    "StagedInputs",
+    "carrier_traits",
+    "is_granted",
+]

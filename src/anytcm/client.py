@@ -13,33 +13,31 @@ import os
 import ssl
 import sys
 import uuid as uuid_module
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
-from typing import Any, Literal, TypeVar
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import anyio
 import msgspec
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from . import wire
-from ._client.management import InfoAPI, ManagementAPI, reply_shape
-from ._client.retrying import caller_timeout, retrying
+from ._client.alerts import Alerts
+from ._client.inference import request_inference
+from ._client.management import InfoAPI, ManagementAPI
+from ._client.pipeline import Step, run_pipeline
+from ._client.retrying import Retrier
 from ._client.staging import Inputs, Stager, input_values
 from ._client.streams import InferStream
-from ._core.deadlines import backend_clock
-from ._core.pool import Pool, PoolSettings
-from ._core.session import NotSent
+from ._core.managers import ManagerStatus
+from ._core.pool import Pool
+from ._core.settings import PoolSettings
 from .backoff import Backoff
 from .carriers import Staged, StagedInputs
-from .errors import (
-    ManagementFailed,
-    RequestTimeout,
-    TcmError,
-)
 from .observability import ClientMetrics, Recorder
+from .options import ConnectSettings, selection_policy
 from .plugins import carrier_names
-from .protocol import InferenceCompleted
 from .readiness import ReadinessGate
 from .results import (
     InferResult,
@@ -49,7 +47,6 @@ from .results import (
 )
 from .retry import RetryPolicy
 from .transports import (
-    DEFAULT_MAX_MESSAGE_SIZE,
     TransportFactory,
     TransportOptions,
     collapse_exception_group,
@@ -58,13 +55,12 @@ from .transports import (
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .options import ConnectOptions
+
 logger = logging.getLogger("anytcm.client")
-
-
-MAX_FRAME_BYTES = 65536
-"""The manager's inbound frame cap (contract §1): larger frames close the connection (1009)."""
-
-_T = TypeVar("_T")
 
 
 class AsyncClient:
@@ -81,16 +77,15 @@ class AsyncClient:
         recorder: Recorder | None = None,
     ) -> None:
         self._pool = pool
-        self._now = backend_clock()  # created inside the event loop, by `connect`
+        self._now = pool.now  # every deadline is an absolute time on the pool's clock
         self._recorder = recorder or Recorder(tracing=False)
         self._timeout = timeout
-        self._retry = retry
+        self._retrier = Retrier(retry, pool.now)
         self._same_host = same_host
-        self.retries = 0
         self._max_frame_bytes = max_frame_bytes
         self._specs: dict[tuple[str, Target | None], ModelSpec] = {}
-        self._subscribers: set[MemoryObjectSendStream[wire.ServerFrame]] = set()
-        self.unsolicited_dropped = 0
+        self._alerts = Alerts()
+        self._deliver_unsolicited = self._alerts.deliver  # what the pool calls for such frames
         self._stager = Stager(
             max_frame_bytes=max_frame_bytes,
             same_host=same_host,
@@ -98,8 +93,13 @@ class AsyncClient:
             uuid_bytes_bound=lambda: pool.uuid_bytes_bound,
             model_spec=self.model_spec,
         )
-        self.info = InfoAPI(self)
-        self.management = ManagementAPI(self)
+        self.info = InfoAPI(pool, self._recorder, self._deadline, self._retrier)
+        self.management = ManagementAPI(
+            pool,
+            self._recorder,
+            self._deadline,
+            lambda model, spec, target: self.set_model_spec(model, spec, target=target),
+        )
 
     def __repr__(self) -> str:  # no token, ever
         return f"<AsyncClient url={self._pool.settings.url!r} pool_size={self._pool.settings.size}>"
@@ -107,39 +107,27 @@ class AsyncClient:
     # -- shared plumbing ------------------------------------------------------------------
 
     def _deadline(self, timeout: float | None) -> tuple[float, float]:
+        """The call's timeout in seconds and its deadline: made once, here, at the public call."""
         seconds = self._timeout if timeout is None else timeout
         if seconds <= 0:
             raise ValueError("timeout must be positive")
         return seconds, self._now() + seconds
 
-    def _deliver_unsolicited(self, frame: wire.ServerFrame) -> None:
-        logger.info("unsolicited frame: %.300s", frame)  # a hostile one may be megabytes
-        for stream in list(self._subscribers):
-            try:
-                stream.send_nowait(frame)
-            except anyio.WouldBlock:
-                self.unsolicited_dropped += 1  # a slow subscriber loses frames, never the client
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._subscribers.discard(stream)
-
-    @asynccontextmanager
-    async def alerts(
+    def alerts(
         self, buffer: int = 256
-    ) -> AsyncIterator[MemoryObjectReceiveStream[wire.ServerFrame]]:
+    ) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[wire.ServerFrame]]:
         """Receive unsolicited frames (alerts, budget warnings, unknown frame types).
 
         `async with client.alerts() as frames: async for frame in frames: ...`. A subscriber that
         falls `buffer` frames behind loses the newest ones (counted in `unsolicited_dropped`).
         Note the manager sends `alert` frames only to its first-connected live client.
         """
-        send, receive = anyio.create_memory_object_stream[wire.ServerFrame](buffer)
-        self._subscribers.add(send)
-        try:
-            async with receive:
-                yield receive
-        finally:
-            self._subscribers.discard(send)
-            send.close()
+        return self._alerts.subscribe(buffer)
+
+    @property
+    def unsolicited_dropped(self) -> int:
+        """Unsolicited frames a subscriber that fell behind did not get."""
+        return self._alerts.dropped
 
     def set_model_spec(self, model: str, spec: ModelSpec, *, target: Target | None = None) -> None:
         """Remember a model's inputs/outputs: inputs are then checked before sending, and
@@ -147,9 +135,14 @@ class AsyncClient:
         self._specs[(model, target)] = spec
 
     def model_spec(self, model: str, target: Target | None = None) -> ModelSpec | None:
-        if not self._specs:  # Perf: the usual case, and it spares hashing `target` per request
+        if not self._specs:  # the usual case, and it spares hashing `target` per request
             return None
         return self._specs.get((model, target)) or self._specs.get((model, None))
+
+    @property
+    def retries(self) -> int:
+        """Attempts re-sent by the retry policy over the client's life."""
+        return self._retrier.count
 
     @property
     def stats(self) -> dict[str, int]:
@@ -176,6 +169,11 @@ class AsyncClient:
         metrics.retries = self.retries
         metrics.reconnects = self._pool.stats.reconnects
         return metrics
+
+    def managers(self) -> tuple[ManagerStatus, ...]:
+        """Each manager's state and counters, in the order given to `connect`: live, draining
+        or dead, failures in a row, when it is tried again, connections and requests."""
+        return self._pool.statuses()
 
     @property
     def granted_capabilities(self) -> tuple[str, ...] | None:
@@ -214,8 +212,8 @@ class AsyncClient:
         """
         if protocol != "http":
             raise ValueError("infer() is for protocol='http'; use infer_stream() for 'grpc'")
-        # Perf: the observation is ended by hand rather than by a `with` block, whose two
-        # method calls cost more than a coroutine (~0.4 µs per request).
+        # The observation is ended by hand: a `with` block would cost two method calls more
+        # per request than this whole wrapper.
         observation = self._recorder.begin("infer", model)
         try:
             result = await self._infer(
@@ -262,24 +260,19 @@ class AsyncClient:
             else:
                 staged, raw = await self._stager.stage(model, tensors, carrier, build, stream=False)
         try:
-            # Perf: the first attempt runs here; `_retrying` only takes over after a failure
-            # (outside the handler, so later errors do not chain to this one).
-            failure: TcmError | None = None
-            try:
-                completed = await self._run_inference(raw, deadline, model)
-            except TcmError as exc:
-                failure = exc
-            if failure is not None:
-                completed = await self._retrying(
-                    lambda: self._run_inference(raw, deadline, model),
-                    deadline,
-                    retry,
-                    model,
-                    failed=failure,
-                    started=deadline - seconds,
-                )
-        except RequestTimeout as exc:
-            raise caller_timeout(exc, seconds, f"inference of {model!r}") from None
+            completed = await request_inference(
+                self._pool,
+                self._retrier,
+                raw,
+                deadline=deadline,
+                seconds=seconds,
+                what=f"inference of {model!r}",
+                label=model,
+                policy=retry,
+                manager=self._pool.affinity.route(
+                    target.vm_ip, target.container_id, target.manager, allow_transient
+                ),
+            )
         finally:
             if staged is not None:
                 staged.release()  # shared memory and the like never outlive the request
@@ -290,46 +283,6 @@ class AsyncClient:
             input_spec or self.model_spec(model, target),
             shared_float_dtype(input_values(inputs)),
         )
-
-    async def _retrying(
-        self,
-        attempt_once: Callable[[], Awaitable[_T]],
-        deadline: float,
-        retry: RetryPolicy | None,
-        what: str,
-        *,
-        failed: TcmError | None = None,
-        started: float | None = None,
-    ) -> _T:
-        return await retrying(
-            attempt_once,
-            deadline,
-            retry or self._retry,
-            what,
-            now=self._now,
-            on_retry=self._count_retry,
-            failed=failed,
-            started=started,
-        )
-
-    def _count_retry(self) -> None:
-        self.retries += 1
-
-    async def _run_inference(
-        self, payload: msgspec.Raw, deadline: float, model: str
-    ) -> InferenceCompleted:
-        pool = self._pool
-        while True:
-            session = pool.take_idle() or await pool.checkout(deadline)
-            try:
-                remaining = deadline - self._now()
-                if remaining <= 0:
-                    raise RequestTimeout("no time left after waiting for a connection", timeout=0.0)
-                return await session.infer(payload, remaining, f"inference of {model!r}")
-            except NotSent:
-                continue  # the connection ended before anything was written: try another
-            finally:
-                pool.checkin(session)
 
     def infer_stream(
         self,
@@ -361,11 +314,16 @@ class AsyncClient:
             ),
         )
         raw = self._stager.encode_checked(payload, model)
-        return InferStream(self, raw, model, deadline, seconds, idle_timeout)
+        manager = self._pool.affinity.route(
+            target.vm_ip, target.container_id, target.manager, allow_transient
+        )
+        return InferStream(
+            self._pool, self._recorder, raw, model, deadline, seconds, idle_timeout, manager
+        )
 
     async def pipeline(
         self,
-        steps: Sequence[tuple[str, Inputs] | tuple[str, Inputs, str]],
+        steps: Sequence[Step],
         *,
         target: Target,
         output_dtypes: Mapping[str, Mapping[str, Any]] | None = None,
@@ -378,113 +336,18 @@ class AsyncClient:
         (or model name).
         """
         with self._recorder.begin("pipeline", None):
-            return await self._pipeline(steps, target, output_dtypes, timeout)
-
-    async def _pipeline(
-        self,
-        steps: Sequence[tuple[str, Inputs] | tuple[str, Inputs, str]],
-        target: Target,
-        output_dtypes: Mapping[str, Mapping[str, Any]] | None,
-        timeout: float | None,
-    ) -> dict[str, InferResult]:
-        seconds, deadline = self._deadline(timeout)
-        wire_steps = []
-        for step in steps:
-            model, step_inputs = step[0], step[1]
-            name = step[2] if len(step) > 2 else None
-            wire_steps.append(
-                wire.PipelineStep(
-                    model_name=model,
-                    inputs=self._stager.json_items(model, step_inputs, target, "pipelines"),
-                    name=name,
-                )
+            seconds, deadline = self._deadline(timeout)
+            return await run_pipeline(
+                steps,
+                target,
+                output_dtypes,
+                seconds,
+                deadline,
+                pool=self._pool,
+                stager=self._stager,
+                retrier=self._retrier,
+                model_spec=self.model_spec,
             )
-        payload = wire.InferencePayload(
-            vm_ip=target.vm_ip, container_id=target.container_id, pipeline=wire_steps
-        )
-        raw = self._stager.encode_checked(payload, "pipeline")
-        try:
-            completed = await self._retrying(
-                lambda: self._run_inference(raw, deadline, "pipeline"), deadline, None, "pipeline"
-            )
-        except RequestTimeout as exc:
-            raise caller_timeout(exc, seconds, "pipeline") from None
-        results: dict[str, InferResult] = {}
-        # A step's reply key is its name, else its model (as the manager keys them).
-        by_key = {(s[2] if len(s) > 2 else None) or s[0]: (s[0], s[1]) for s in steps}
-        for key, step_outputs in (completed.outputs or {}).items():
-            model, step_inputs = by_key.get(key, (key, {}))
-            with reply_shape("pipeline", completed.outputs):
-                outputs = wire.decode_raw_dict(step_outputs)
-            results[key] = InferResult(
-                model,
-                outputs,
-                dict((output_dtypes or {}).get(key, {})),
-                self.model_spec(model, target),
-                shared_float_dtype(input_values(step_inputs)),
-            )
-        return results
-
-    # -- info and management plumbing ------------------------------------------------
-
-    async def _info(self, action: str, timeout: float | None) -> wire.InfoResponsePayload:
-        with self._recorder.begin("info", None):
-            return await self._info_request(action, timeout)
-
-    async def _info_request(self, action: str, timeout: float | None) -> wire.InfoResponsePayload:
-        seconds, deadline = self._deadline(timeout)
-        try:
-            return await self._retrying(
-                lambda: self._info_once(action, deadline), deadline, None, f"info {action!r}"
-            )
-        except RequestTimeout as exc:
-            raise caller_timeout(exc, seconds, f"info request {action!r}") from None
-
-    async def _info_once(self, action: str, deadline: float) -> wire.InfoResponsePayload:
-        while True:
-            session = await self._pool.pick(
-                lambda s: s.protocol.info_ready(action), deadline, f"info request {action!r}"
-            )
-            try:
-                return await session.info(action, max(0.0, deadline - anyio.current_time()))
-            except NotSent:
-                continue
-            finally:
-                self._pool.slot_freed()
-
-    async def _management(self, payload: dict[str, Any], timeout: float | None) -> Any:
-        with self._recorder.begin("management", None):
-            return await self._management_request(payload, timeout)
-
-    async def _management_request(self, payload: dict[str, Any], timeout: float | None) -> Any:
-        seconds, deadline = self._deadline(timeout)
-        action = str(payload.get("action"))
-        try:
-            return await self._management_once(payload, action, deadline)
-        except RequestTimeout as exc:
-            raise caller_timeout(exc, seconds, f"management action {action!r}") from None
-
-    async def _management_once(self, payload: dict[str, Any], action: str, deadline: float) -> Any:
-        while True:
-            session = await self._pool.pick(
-                lambda s: s.protocol.management_ready, deadline, f"management action {action!r}"
-            )
-            try:
-                # Never re-sent automatically once written: a lost reply means unknown outcome.
-                result = await session.management(
-                    payload, max(0.0, deadline - anyio.current_time())
-                )
-            except NotSent:
-                continue
-            finally:
-                self._pool.slot_freed()
-            if not result.status:
-                raise ManagementFailed(
-                    f"management action {action!r} failed on the manager: {result.data}",
-                    action=action,
-                    data=result.data,
-                )
-            return result.data
 
 
 def _is_loopback(url: str) -> bool:
@@ -507,102 +370,112 @@ def _transport_factory(name: str | TransportFactory | None) -> TransportFactory:
     return load_transport(name)
 
 
-@asynccontextmanager
-async def connect(
-    url: str,
-    *,
-    token: str | None = None,
-    pool_size: int = 4,
-    max_waiting: int = 1024,
-    timeout: float = 30.0,
-    connect_timeout: float = 30.0,
-    uuid: str | None = None,
-    capabilities: Sequence[str] | Literal["auto"] | None = "auto",
-    roles: Sequence[str] | None = None,
-    ssl_context: ssl.SSLContext | None = None,
-    headers: Mapping[str, str] | None = None,
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-    max_frame_bytes: int = MAX_FRAME_BYTES,
-    ping_interval: float | None = 20.0,
-    ping_timeout: float = 20.0,
-    compression: bool = False,
-    ready_check: bool = True,
-    stale_grace: float = 5.0,
-    retry: RetryPolicy | None = None,
-    backoff: Callable[[], Backoff] | None = None,
-    same_host: bool | None = None,
-    transport: str | TransportFactory | None = None,
-    tracing: bool | None = None,
-) -> AsyncIterator[AsyncClient]:
+def connect(
+    url: str | Sequence[str], **options: Unpack[ConnectOptions]
+) -> AbstractAsyncContextManager[AsyncClient]:
     """Connect to a TCM manager: `async with anytcm.connect("ws://host:8000/ws") as client:`.
 
     Returns once the first of `pool_size` connections is authenticated; the rest connect, and
-    reconnect after failures, in the background. `timeout` is the default deadline of each call.
-    `uuid` is the base from which each connection's uuid is derived (random by default).
-    `capabilities` are requested in auth: "auto" asks for those of every installed carrier
-    ("json", "shm", and plugins'), a list asks for exactly those, None sends the legacy auth
-    without negotiation. `same_host` says the
-    manager shares this machine's /dev/shm (default: the URL's host is a loopback address).
-    `transport` names a transport plugin (default: `$ANYTCM_TRANSPORT`, else "websockets").
-    `backoff` makes the reconnect backoff of each connection (default: `Backoff()`, full
-    jitter from 0.1 s doubling to 10 s); `retry` is the default RetryPolicy of each call.
-    `tracing`: an OpenTelemetry span per request when `opentelemetry-api` is installed
-    (None: if installed; True: required; False: never). Counters are always kept
-    (`client.metrics`); see `anytcm.observability`.
+    reconnect after failures, in the background. The options, all keyword-only and optional,
+    are those of `ConnectOptions` (e.g. `token`, `pool_size`, `timeout`). An unknown option
+    raises `TypeError`, a value out of range (`pool_size=0`) `ValueError`, both at once.
+
+    `url` may be a list of managers (TCM replicas, each with state of its own): the client
+    then treats them as one service (docs/several-managers.md): connections spread over the
+    live ones, failed and draining managers are avoided and come back through `/ready`,
+    requests fail over, and a server created through one manager is routed to it.
+    `pool_size` must then be at least the number of managers.
     """
-    if pool_size < 1:
-        raise ValueError("pool_size must be at least 1")
-    if max_waiting < 0:
-        raise ValueError("max_waiting must be >= 0")
-    settings = PoolSettings(
+    urls = manager_urls(url)
+    settings = ConnectSettings.from_options(options, caller="connect()")
+    check_pool_size(urls, settings.pool_size)
+    return open_client(urls, settings)
+
+
+def manager_urls(url: str | Sequence[str]) -> tuple[str, ...]:
+    """`connect`'s first argument as a tuple of distinct manager URLs."""
+    urls = (url,) if isinstance(url, str) else tuple(url)
+    if not urls or not all(isinstance(u, str) and u for u in urls):
+        raise ValueError(f"connect() needs a manager URL, or a list of them; got {url!r}")
+    if len(set(urls)) != len(urls):
+        raise ValueError(f"a manager URL is given twice: {list(urls)}")
+    return urls
+
+
+def check_pool_size(urls: Sequence[str], pool_size: int) -> None:
+    if pool_size < len(urls):
+        raise ValueError(
+            f"pool_size={pool_size} is less than the {len(urls)} managers: each manager needs a "
+            f"connection of its own; pass pool_size={len(urls)} or more"
+        )
+
+
+@asynccontextmanager
+async def open_client(
+    urls: tuple[str, ...], options: ConnectSettings
+) -> AsyncIterator[AsyncClient]:
+    """`connect` with its options already checked (what `SyncClient` runs in its portal)."""
+    url = urls[0]
+    pool_settings = PoolSettings(
         url=url,
-        size=pool_size,
-        base_uuid=uuid or uuid_module.uuid4().hex,
-        token=token,
+        urls=urls,
+        selection=selection_policy(options.selection),
+        size=options.pool_size,
+        base_uuid=options.uuid or uuid_module.uuid4().hex,
+        token=options.token,
         capabilities=(
             tuple(carrier_names())
-            if capabilities == "auto"
-            else tuple(capabilities)
-            if capabilities is not None
+            if options.capabilities == "auto"
+            else tuple(options.capabilities)
+            if options.capabilities is not None
             else None
         ),
-        roles=tuple(roles) if roles is not None else None,
-        max_waiting=max_waiting,
-        connect_timeout=connect_timeout,
-        auth_timeout=min(10.0, connect_timeout),
-        ready_check=ready_check,
-        stale_grace=stale_grace,
-        backoff=backoff or Backoff,
+        roles=tuple(options.roles) if options.roles is not None else None,
+        max_waiting=options.max_waiting,
+        connect_timeout=options.connect_timeout,
+        auth_timeout=min(10.0, options.connect_timeout),
+        ready_check=options.ready_check,
+        stale_grace=options.stale_grace,
+        backoff=options.backoff or Backoff,
     )
-    if ssl_context is None and urlsplit(url).scheme == "wss":
+    ssl_context = options.ssl_context
+    if ssl_context is None and any(urlsplit(u).scheme == "wss" for u in urls):
         # One context for every connection and for the readiness gate: the same CA store on
         # both paths, and its certificates loaded once rather than once per connection.
         ssl_context = ssl.create_default_context()
-    options = TransportOptions(
+    transport_options = TransportOptions(
         ssl_context=ssl_context,
-        headers=dict(headers or {}),
-        max_message_size=max_message_size,
-        open_timeout=min(10.0, connect_timeout),
-        ping_interval=ping_interval,
-        ping_timeout=ping_timeout,
-        compression=compression,
+        headers=dict(options.headers or {}),
+        max_message_size=options.max_message_size,
+        open_timeout=min(10.0, options.connect_timeout),
+        ping_interval=options.ping_interval,
+        ping_timeout=options.ping_timeout,
+        compression=options.compression,
     )
-    gate = ReadinessGate(url, ssl_context=ssl_context, headers=headers) if ready_check else None
+    gates: dict[str, ReadinessGate] = {}
+    if options.ready_check:
+        gates = {
+            u: ReadinessGate(u, ssl_context=ssl_context, headers=options.headers) for u in urls
+        }
     client: AsyncClient | None = None
 
     def deliver(frame: wire.ServerFrame) -> None:
         if client is not None:
             client._deliver_unsolicited(frame)
 
-    pool = Pool(settings, _transport_factory(transport), options, deliver, gate)
+    pool = Pool(
+        pool_settings, _transport_factory(options.transport), transport_options, deliver, gates
+    )
     client = AsyncClient(
         pool,
-        timeout=timeout,
-        max_frame_bytes=max_frame_bytes,
-        retry=retry or RetryPolicy(),
-        same_host=_is_loopback(url) if same_host is None else same_host,
+        timeout=options.timeout,
+        max_frame_bytes=options.max_frame_bytes,
+        retry=options.retry or RetryPolicy(),
+        same_host=(
+            all(_is_loopback(u) for u in urls) if options.same_host is None else options.same_host
+        ),
         recorder=Recorder(
-            tracing,
+            options.tracing,
             url=url,
             totals=lambda: (client.retries if client else 0, pool.stats.reconnects),
         ),
@@ -620,7 +493,7 @@ async def connect(
             raise
         raise error from error.__cause__  # the one real error, with its own cause kept
     finally:
-        if gate is not None:
+        for gate in gates.values():
             await gate.aclose()
 
 

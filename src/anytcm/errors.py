@@ -84,6 +84,20 @@ def permanent_http_status(status: int) -> bool:
     return 400 <= status < 500 and status not in (408, 429)
 
 
+class NoManagerAvailable(ConnectError):
+    """Every manager of a client given several is down: `failures` maps each manager's URL to
+    its last failure, and the message names them all.
+
+    `connect` raises it when no manager could be reached within `connect_timeout`; a request
+    raises it at its deadline when no manager it may go to came back meanwhile (for a target
+    created through one manager, that manager).
+    """
+
+    def __init__(self, message: str, *, failures: dict[str, str]) -> None:
+        super().__init__(message)
+        self.failures = failures
+
+
 class AuthError(ConnectError):
     """The manager refused the auth frame (bad token, duplicate uuid, too many failures)."""
 
@@ -280,6 +294,7 @@ __all__ = (
     "InferenceFailed",
     "InvalidInput",
     "ManagementFailed",
+    "NoManagerAvailable",
     "NotReady",
     "PayloadTooLarge",
     "ProtocolError",

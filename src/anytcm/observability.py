@@ -253,7 +253,7 @@ def _tracer() -> Any:
         from opentelemetry import trace
     except ImportError:
         return None
-    from . import __version__
+    from ._version import __version__
 
     return trace.get_tracer("anytcm", __version__)
 
@@ -300,7 +300,7 @@ def _instruments() -> _Instruments | None:
     provider = metrics.get_meter_provider()
     if _made is not None and _made[0] is provider:
         return _made[1]
-    from . import __version__
+    from ._version import __version__
 
     meter = provider.get_meter("anytcm", __version__)
     try:

@@ -4,23 +4,44 @@ Plugins are found by reading installed distributions' metadata, and imported onl
 chosen (loading a plugin runs its code). `ANYTCM_DISABLE_PLUGIN_AUTOLOAD=1` turns discovery off,
 leaving the built-ins and what is registered explicitly with `register_carrier` /
 `register_transport`. An explicit registration wins over an entry point of the same name.
+
+A caller chooses carriers by name, by a preference list, or with ``"auto"``: every installed
+carrier that declares an ``auto_rank`` (`anytcm.carriers.Carrier`), in rank order. Working that
+out imports every installed carrier plugin, on the first request that uses ``"auto"``; the
+order is kept until `register_carrier` or `unregister_carrier` changes the carriers.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
-from .carriers import Carrier
-from .errors import UnknownCarrier
+from .carriers import Carrier, CarrierTraits, carrier_traits
+from .errors import CarrierError, UnknownCarrier
 from .transports import TransportFactory
+
+logger = logging.getLogger(__name__)
 
 CARRIER_GROUP = "anytcm.carriers"
 TRANSPORT_GROUP = "anytcm.transports"
 AUTOLOAD_VARIABLE = "ANYTCM_DISABLE_PLUGIN_AUTOLOAD"
+#: The carrier choice that stands for every carrier with an ``auto_rank``, in rank order.
+AUTO: Final = "auto"
+
+# The built-in plugins, "module:attribute" by name. This table is their only declaration: they
+# must be found with autoload off and from a source tree whose metadata is not installed, which
+# entry points cannot promise, so anytcm's own pyproject.toml declares no entry points for them.
+BUILTIN_CARRIERS: Final = {
+    "json": "anytcm.carriers._json:JsonCarrier",
+    "shm": "anytcm.carriers._shm:ShmCarrier",
+}
+BUILTIN_TRANSPORTS: Final = {
+    "websockets": "anytcm.transports._websockets:WebsocketsTransportFactory",
+}
 
 # Install hints for plugins this project knows of (fsspec's `known_implementations` idea).
 # They ship in the anytcm repository (plugins/), not on PyPI: the hint names the checkout path.
@@ -82,6 +103,15 @@ class _Registry(Generic[_T]):
     ) -> _T:
         if name in self._explicit:
             return self._explicit[name]
+        return self.get_declared(name, missing, broken)
+
+    def get_declared(
+        self,
+        name: str,
+        missing: Callable[[str, list[str]], Exception],
+        broken: Callable[[str, str], Exception],
+    ) -> _T:
+        """The built-in or entry-point plugin of `name`, ignoring explicit registrations."""
         if name in self._loaded:
             return self._loaded[name]
         target = self._builtins.get(name)
@@ -109,8 +139,8 @@ class _Registry(Generic[_T]):
                 value = f"{type(obj).__module__}:{type(obj).__qualname__}"
                 rows.append(PluginInfo(self.group, name, value, None, None, True))
                 continue
-            entry = entries.get(name)
-            if entry is None:  # a built-in not installed as a distribution (editable checkout)
+            entry = None if name in self._builtins else entries.get(name)
+            if entry is None:  # a built-in: loaded from the table, whatever else declares it
                 rows.append(
                     PluginInfo(
                         self.group, name, self._builtins[name], "anytcm", _version(),
@@ -133,18 +163,81 @@ class _Registry(Generic[_T]):
 
 
 def _version() -> str:
-    from . import __version__
+    from ._version import __version__
 
     return __version__
 
 
-_carriers: _Registry[Carrier] = _Registry(
-    CARRIER_GROUP,
-    {"json": "anytcm.carriers._json:JsonCarrier", "shm": "anytcm.carriers._shm:ShmCarrier"},
-)
-_transports: _Registry[TransportFactory] = _Registry(
-    TRANSPORT_GROUP, {"websockets": "anytcm.transports._websockets:WebsocketsTransportFactory"}
-)
+class _CarrierRegistry(_Registry[Carrier]):
+    """The carriers, each with its traits, and the order ``"auto"`` stands for."""
+
+    def __init__(self) -> None:
+        super().__init__(CARRIER_GROUP, BUILTIN_CARRIERS)
+        self._traits: dict[str, tuple[Carrier, CarrierTraits]] = {}
+        self._auto: dict[bool, tuple[str, ...]] = {}  # stream -> names
+        self._first: dict[str, tuple[Carrier, CarrierTraits] | None] = {}  # choice -> carrier
+
+    def register(self, name: str, plugin: Carrier) -> None:
+        super().register(name, plugin)
+        self._forget()
+
+    def unregister(self, name: str) -> None:
+        super().unregister(name)
+        self._forget()
+
+    def _forget(self) -> None:
+        self._traits.clear()
+        self._auto.clear()
+        self._first.clear()
+
+    def first(self, choice: str) -> tuple[Carrier, CarrierTraits] | None:
+        try:
+            return self._first[choice]
+        except KeyError:
+            pass
+        names = resolve_carriers(choice)
+        found = self.with_traits(names[0]) if names else None
+        self._first[choice] = found
+        return found
+
+    def load(self, name: str) -> Carrier:
+        return self.get(name, _unknown_carrier, _broken_carrier)
+
+    def with_traits(self, name: str) -> tuple[Carrier, CarrierTraits]:
+        found = self._traits.get(name)
+        if found is not None:
+            return found
+        carrier = self.load(name)
+        replaced: Carrier | None = None
+        if name in self._explicit:
+            try:
+                replaced = self.get_declared(name, _unknown_carrier, _broken_carrier)
+            except CarrierError:
+                replaced = None  # nothing (loadable) declared under that name
+        found = (carrier, carrier_traits(carrier, replaces=replaced))
+        self._traits[name] = found
+        return found
+
+    def auto(self, *, stream: bool) -> tuple[str, ...]:
+        order = self._auto.get(stream)
+        if order is not None:
+            return order
+        ranked: list[tuple[int, str]] = []
+        for name in self.names():
+            try:
+                traits = self.with_traits(name)[1]
+            except (CarrierError, TypeError) as exc:  # named, it raises; "auto" goes on without it
+                logger.warning("carrier %r left out of 'auto': %s", name, exc)
+                continue
+            if traits.auto_rank is not None and (traits.serves_streams or not stream):
+                ranked.append((traits.auto_rank, name))
+        order = tuple(name for _, name in sorted(ranked))
+        self._auto[stream] = order
+        return order
+
+
+_carriers = _CarrierRegistry()
+_transports: _Registry[TransportFactory] = _Registry(TRANSPORT_GROUP, BUILTIN_TRANSPORTS)
 
 
 def _unknown_carrier(name: str, known: list[str]) -> Exception:
@@ -166,9 +259,48 @@ def _unknown_transport(name: str, known: list[str]) -> Exception:
     )
 
 
+def _broken_carrier(name: str, message: str) -> Exception:
+    return UnknownCarrier(message, name=name)
+
+
 def load_carrier(name: str) -> Carrier:
     """The carrier registered under `name` (imported on first use); UnknownCarrier if none."""
-    return _carriers.get(name, _unknown_carrier, lambda n, msg: UnknownCarrier(msg, name=n))
+    return _carriers.load(name)
+
+
+def load_carrier_traits(name: str) -> tuple[Carrier, CarrierTraits]:
+    """`load_carrier(name)` with its traits (`anytcm.carriers.carrier_traits`), read once.
+
+    Raises UnknownCarrier as `load_carrier` does, and TypeError for a carrier whose optional
+    members have the wrong type.
+    """
+    return _carriers.with_traits(name)
+
+
+def first_carrier(choice: str) -> tuple[Carrier, CarrierTraits] | None:
+    """The carrier a choice tries first, with its traits (None: ``"auto"`` stands for none).
+
+    The same as `resolve_carriers` then `load_carrier_traits`, remembered until the carriers
+    change: the inline fast path asks on every request.
+    """
+    return _carriers.first(choice)
+
+
+def resolve_carriers(choice: str | Sequence[str], *, stream: bool = False) -> tuple[str, ...]:
+    """The carrier names a choice stands for, in preference order, each once.
+
+    `choice` is a name, ``"auto"``, or a preference list of those. ``"auto"`` expands to the
+    carriers with an ``auto_rank`` in rank order (with `stream`, only those that serve gRPC
+    streams and pipelines); a carrier that fails to load is left out of it with a warning. Other
+    names are not loaded here: an unknown one raises when the client reaches it.
+    """
+    if isinstance(choice, str):
+        return _carriers.auto(stream=stream) if choice == AUTO else (choice,)
+    names: dict[str, None] = {}
+    for name in choice:
+        for expanded in _carriers.auto(stream=stream) if name == AUTO else (name,):
+            names.setdefault(expanded, None)
+    return tuple(names)
 
 
 def load_transport(name: str) -> TransportFactory:

@@ -312,8 +312,8 @@ class ClientProtocol:
             and frame.payload.code == "BACKPRESSURE_INSUFFICIENT_BUDGET"
         ):
             # A pushed budget warning (routed by uuid, so it can reach a reused uuid before its
-            # auth.ok) is not an auth reply: every auth refusal is code-less (contract §6.1).
-            # Taking it for one made the pool give up for good on an AuthError.
+            # auth.ok) is not an auth reply: every auth refusal is code-less (contract §6.1), and
+            # taking it for one would make the pool give up for good on an AuthError.
             return Unsolicited(frame)
         if isinstance(frame, wire.ErrorFrame):
             self.state = "closed"
@@ -466,50 +466,40 @@ class ClientProtocol:
                 code=code,
                 dropped_type=kind,
             )
-        if kind == "inference":
-            if self._inference == "abandoned":
-                self._inference = "idle"
-                return StaleReply("inference", wire.ErrorFrame(payload))
-            if self._inference == "busy":
-                self._inference = "idle"
-                return RequestFailed("inference", None, error)
-        elif kind == "info" and self._info_queued is not None:
-            job_id, self._info_queued = self._info_queued, None
-            if job_id in self._info_abandoned:
-                self._info_abandoned.discard(job_id)
-                return StaleReply("info", wire.ErrorFrame(payload))
-            return RequestFailed("info", job_id, error)
-        elif kind == "management" and self._management is not None:
-            request_id, self._management = self._management, None
-            if self._management_abandoned == request_id:
-                self._management_abandoned = None
-                return StaleReply("management", wire.ErrorFrame(payload))
-            return RequestFailed("management", request_id, error)
-        return Unsolicited(wire.ErrorFrame(payload))
+        return self._never_run(kind, error, wire.ErrorFrame(payload))
 
     def _forbidden(self, role: str, message: str) -> Event:
+        frame = wire.ErrorFrame(wire.ErrorPayload(message=message))
+        if role not in ("inference", "management"):
+            return Unsolicited(frame)
         error = Forbidden(
             f"the manager refused this {role} request: {message}; this connection's roles do "
             f"not include '{role}' (use a token that grants it)",
             server_message=message,
         )
-        # Forbidden means the request was never run, so no other answer will follow: it also
-        # settles an *abandoned* request (as a stale reply), exactly like a NACK does. Before,
-        # an abandoned inference stayed abandoned forever (the connection could never run
-        # another one) and an abandoned management request was reported as failed.
-        if role == "inference" and self._inference == "abandoned":
-            self._inference = "idle"
-            return StaleReply("inference", wire.ErrorFrame(wire.ErrorPayload(message=message)))
-        if role == "inference" and self._inference == "busy":
-            self._inference = "idle"
+        return self._never_run(role, error, frame)
+
+    def _never_run(self, kind: str | None, error: TcmError, frame: wire.ErrorFrame) -> Event:
+        """The pending request of ``kind`` will never run (a NACK, a Forbidden): it fails with
+        ``error``, or, if given up on, ``frame`` settles it, else its slot would stay taken."""
+        if kind == "inference" and self._inference != "idle":
+            stale, self._inference = self._inference == "abandoned", "idle"
+            if stale:
+                return StaleReply("inference", frame)
             return RequestFailed("inference", None, error)
-        if role == "management" and self._management is not None:
+        if kind == "info" and self._info_queued is not None:
+            job_id, self._info_queued = self._info_queued, None
+            if job_id in self._info_abandoned:
+                self._info_abandoned.discard(job_id)
+                return StaleReply("info", frame)
+            return RequestFailed("info", job_id, error)
+        if kind == "management" and self._management is not None:
             request_id, self._management = self._management, None
             if self._management_abandoned == request_id:
                 self._management_abandoned = None
-                return StaleReply("management", wire.ErrorFrame(wire.ErrorPayload(message=message)))
+                return StaleReply("management", frame)
             return RequestFailed("management", request_id, error)
-        return Unsolicited(wire.ErrorFrame(wire.ErrorPayload(message=message)))
+        return Unsolicited(frame)
 
     # -- connection end ------------------------------------------------------------------
 
@@ -528,9 +518,8 @@ class ClientProtocol:
         self._info_fast.clear()
         self._info_queued = None
         if self._management is not None and self._management != self._management_abandoned:
-            failed.append(
-                RequestFailed("management", self._management, _outcome_unknown(error, "management"))
-            )
+            unknown = _outcome_unknown(error, "management")
+            failed.append(RequestFailed("management", self._management, unknown))
         self._management = None
         return failed
 

@@ -32,6 +32,7 @@ import pytest
 # numpy, msgspec...) are imported by the fixtures that need them.
 if TYPE_CHECKING:
     from anytcm.client import AsyncClient
+    from anytcm.options import ConnectOptions
     from anytcm.testing import ReferenceManager
 
 
@@ -106,8 +107,9 @@ def tcm_url(tcm_manager: ReferenceManager) -> str:
 
 
 @pytest.fixture
-def tcm_client_options() -> dict[str, Any]:
-    """Keyword arguments of `anytcm.connect` for `tcm_client` (none by default).
+def tcm_client_options() -> ConnectOptions:
+    """Keyword arguments of `anytcm.connect` for `tcm_client` (none by default; see
+    `anytcm.ConnectOptions`).
 
     Override it in a conftest.py or a module, or per test with
     `@pytest.mark.parametrize("tcm_client_options", [{"pool_size": 1}])`. The manager's token,
@@ -119,7 +121,7 @@ def tcm_client_options() -> dict[str, Any]:
 @pytest.fixture
 async def tcm_client(
     tcm_manager: ReferenceManager,
-    tcm_client_options: dict[str, Any],
+    tcm_client_options: ConnectOptions,
     request: pytest.FixtureRequest,
     anyio_backend: object,
 ) -> AsyncIterator[AsyncClient]:
@@ -136,7 +138,7 @@ async def tcm_client(
         )
     import anytcm
 
-    options = dict(tcm_client_options)
+    options: ConnectOptions = {**tcm_client_options}
     options.setdefault("token", tcm_manager.token)
     if tcm_manager.tls is not None and tcm_manager.ca_file is not None:
         import ssl

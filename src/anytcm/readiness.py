@@ -27,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import httpx
 
+from ._backend import clock
 from .errors import ConnectError, HandshakeRejected, NotReady, permanent_http_status
 
 logger = logging.getLogger("anytcm.readiness")
@@ -124,11 +125,12 @@ class ReadinessGate:
     async def check(self) -> ReadyState:
         """Ask `/ready` once; never raises for HTTP or network failures."""
         async with self._lock:
-            if anyio.current_time() < self._ready_until:
+            now = clock()
+            if now() < self._ready_until:
                 return ReadyState(True, 200, {}, True, "ready (cached)")
             state = await self._ask()
             if state.ready:
-                self._ready_until = anyio.current_time() + self._cache_seconds
+                self._ready_until = now() + self._cache_seconds
             self._report(state)
             return state
 

@@ -11,16 +11,22 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import InvalidInput
-from .tensors import decode_output, numpy_dtype, triton_datatype
+from .tensors import datatype_name, decode_output, numpy_dtype, triton_datatype
 from .wire import OutputValue
 
 
 @dataclass(frozen=True)
 class Target:
-    """Where an inference runs: a Triton server known to the manager by (vm_ip, container_id)."""
+    """Where an inference runs: a Triton server known to the manager by (vm_ip, container_id).
+
+    `manager` (a client of several managers only) names the manager URL that must serve it; by
+    default a server created through this client goes to the manager that created it, and any
+    other target to any manager. It is not part of the target's identity (equality, hashing).
+    """
 
     vm_ip: str
     container_id: str
+    manager: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -43,9 +49,7 @@ class TensorSpec:
     @classmethod
     def from_config(cls, entry: Mapping[str, Any]) -> TensorSpec:
         """From a management reply entry `{name, type: "TYPE_FP32", dims: [...]}`."""
-        datatype = str(entry.get("type", entry.get("datatype", "")))
-        if datatype.startswith("TYPE_"):
-            datatype = "BYTES" if datatype == "TYPE_STRING" else datatype[5:]
+        datatype = datatype_name(str(entry.get("type", entry.get("datatype", ""))))
         dims = entry.get("dims", entry.get("shape", []))
         return cls(str(entry["name"]), datatype, tuple(int(d) for d in dims))
 

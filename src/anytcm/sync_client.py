@@ -23,16 +23,15 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import copy
+import functools
 import os
-import ssl
 import sys
 import threading
-import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 import anyio.abc
@@ -40,25 +39,21 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from . import wire
+from ._client.pipeline import Step
 from ._client.staging import Inputs
-from .backoff import Backoff
-from .client import MAX_FRAME_BYTES, AsyncClient, InferStream, connect
+from ._client.sync_wrappers import SyncAlerts, SyncInferStream, SyncInfoAPI, SyncManagementAPI
+from ._core.managers import ManagerStatus
+from .client import AsyncClient, InferStream, check_pool_size, manager_urls, open_client
 from .errors import ClientClosed
 from .observability import ClientMetrics
-from .results import (
-    ContainerCreated,
-    Deleted,
-    Deployment,
-    InferResult,
-    ModelSpec,
-    QueueStats,
-    ServerCreated,
-    StreamEvent,
-    Target,
-    VmCreated,
-)
+from .options import ConnectSettings
+from .results import InferResult, ModelSpec, Target
 from .retry import RetryPolicy
-from .transports import DEFAULT_MAX_MESSAGE_SIZE, TransportFactory
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .options import ConnectOptions
 
 _T = TypeVar("_T")
 
@@ -70,12 +65,12 @@ on Windows it is not, so there the caller's thread wakes up regularly to let it 
 class SyncClient:
     """A connected TCM client with blocking methods, safe to share between threads.
 
-    `SyncClient(url, **options)` connects before it returns (the options are those of
-    `anytcm.connect`, plus the portal's `backend` and `backend_options`), so a `SyncClient`
-    object is always either connected or closed, and a refused connection raises at the line
-    that names the URL. There is deliberately no separate `connect_sync()`: the constructor is
-    the one way in, usable as `with anytcm.SyncClient(url) as tcm:` in scripts, or kept across
-    notebook cells and ended with `tcm.close()`.
+    `SyncClient(url, **options)` connects before it returns (the options are `ConnectOptions`,
+    as for `anytcm.connect`, plus the portal's `backend` and `backend_options`), so a
+    `SyncClient` object is always either connected or closed, and a refused connection raises
+    at the line that names the URL. There is deliberately no separate `connect_sync()`: the
+    constructor is the one way in, usable as `with anytcm.SyncClient(url) as tcm:` in scripts,
+    or kept across notebook cells and ended with `tcm.close()`.
 
     Threads: any number of threads may call one `SyncClient` at once; each call runs as its own
     task in the portal, and the pool (`pool_size`) gives the parallelism, exactly as for
@@ -98,60 +93,16 @@ class SyncClient:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         backend: str = "asyncio",
         backend_options: dict[str, Any] | None = None,
-        token: str | None = None,
-        pool_size: int = 4,
-        max_waiting: int = 1024,
-        timeout: float = 30.0,
-        connect_timeout: float = 30.0,
-        uuid: str | None = None,
-        capabilities: Sequence[str] | Literal["auto"] | None = "auto",
-        roles: Sequence[str] | None = None,
-        ssl_context: ssl.SSLContext | None = None,
-        headers: Mapping[str, str] | None = None,
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        max_frame_bytes: int = MAX_FRAME_BYTES,
-        ping_interval: float | None = 20.0,
-        ping_timeout: float = 20.0,
-        compression: bool = False,
-        ready_check: bool = True,
-        stale_grace: float = 5.0,
-        retry: RetryPolicy | None = None,
-        backoff: Callable[[], Backoff] | None = None,
-        same_host: bool | None = None,
-        transport: str | TransportFactory | None = None,
-        tracing: bool | None = None,
+        **options: Unpack[ConnectOptions],
     ) -> None:
-        def open_client() -> AbstractAsyncContextManager[AsyncClient]:
-            return connect(
-                url,
-                token=token,
-                pool_size=pool_size,
-                max_waiting=max_waiting,
-                timeout=timeout,
-                connect_timeout=connect_timeout,
-                uuid=uuid,
-                capabilities=capabilities,
-                roles=roles,
-                ssl_context=ssl_context,
-                headers=headers,
-                max_message_size=max_message_size,
-                max_frame_bytes=max_frame_bytes,
-                ping_interval=ping_interval,
-                ping_timeout=ping_timeout,
-                compression=compression,
-                ready_check=ready_check,
-                stale_grace=stale_grace,
-                retry=retry,
-                backoff=backoff,
-                same_host=same_host,
-                transport=transport,
-                tracing=tracing,
-            )
-
+        # Checked here, before a thread starts: a misspelt option or a bad value raises at once.
+        urls = manager_urls(url)
+        settings = ConnectSettings.from_options(options, caller="SyncClient()")
+        check_pool_size(urls, settings.pool_size)
         self._backend = backend
         self._closed = False
         self._close_lock = threading.Lock()  # a second close() waits for the first to finish
@@ -160,7 +111,7 @@ class SyncClient:
         self._portal: BlockingPortal = self._portal_cm.__enter__()
         try:
             lifetime, started = _outside_trio(
-                lambda: self._portal.start_task(_serve_client, open_client)
+                lambda: self._portal.start_task(_serve_client, urls, settings)
             )
         except BaseException:
             # Connection refused, or Ctrl-C while connecting: cancel whatever is left in the
@@ -172,8 +123,8 @@ class SyncClient:
         self._client: AsyncClient = started.client
         self._thread: threading.Thread = started.thread
         self._stop: anyio.Event = started.stop
-        self.info = SyncInfoAPI(self)
-        self.management = SyncManagementAPI(self)
+        self.info = SyncInfoAPI(self, self._client.info)
+        self.management = SyncManagementAPI(self, self._client.management)
 
     def __repr__(self) -> str:  # no token, ever
         state = " closed" if self._closed else ""
@@ -329,11 +280,11 @@ class SyncClient:
                 idle_timeout=idle_timeout,
             )
         )
-        return SyncInferStream(self, stream)
+        return SyncInferStream(self, stream, functools.partial(_close_dropped_stream, self, stream))
 
     def pipeline(
         self,
-        steps: Sequence[tuple[str, Inputs] | tuple[str, Inputs, str]],
+        steps: Sequence[Step],
         *,
         target: Target,
         output_dtypes: Mapping[str, Mapping[str, Any]] | None = None,
@@ -380,6 +331,18 @@ class SyncClient:
         return self._run_sync(lambda: client.model_spec(model, target))
 
     @property
+    def unsolicited_dropped(self) -> int:
+        """`AsyncClient.unsolicited_dropped`."""
+        client = self._client
+        return self._run_sync(lambda: client.unsolicited_dropped)
+
+    @property
+    def retries(self) -> int:
+        """`AsyncClient.retries`."""
+        client = self._client
+        return self._run_sync(lambda: client.retries)
+
+    @property
     def stats(self) -> dict[str, int]:
         """`AsyncClient.stats`, read in the portal so the counters are consistent."""
         client = self._client
@@ -397,204 +360,10 @@ class SyncClient:
         client = self._client
         return self._run_sync(lambda: client.granted_capabilities)
 
-
-class SyncInferStream:
-    """A streamed inference read by blocking calls; see `SyncClient.infer_stream`.
-
-    Iterating yields `StreamEvent`s (START, ONGOING..., COMPLETED). `close()` (or leaving the
-    `with` block) closes the async stream in the portal, early or not. A stream dropped without
-    closing is closed in the portal when it is garbage-collected, never from the dropping
-    thread, since the pool it belongs to is only ever touched by the portal's thread.
-    """
-
-    def __init__(self, owner: SyncClient, stream: InferStream) -> None:
-        self._owner = owner
-        self._stream = stream
-        self._finalizer = weakref.finalize(self, _close_dropped_stream, owner, stream)
-        self._finalizer.atexit = False  # at exit the whole portal goes; nothing to hand back
-
-    def __enter__(self) -> SyncInferStream:  # noqa: PYI034 - not meant to be subclassed
-        stream = self._stream
-        self._owner._run(stream.__aenter__)
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __iter__(self) -> SyncInferStream:
-        return self
-
-    def __next__(self) -> StreamEvent:
-        try:
-            return self._owner._run(self._stream.__anext__)
-        except StopAsyncIteration:
-            raise StopIteration from None
-
-    def close(self) -> None:
-        """Stop reading (idempotent; a no-op once the client is closed, which ended it)."""
-        if self._finalizer.detach() is None or self._owner._unusable() is not None:
-            return
-        self._owner._run(self._stream.aclose)
-
-
-class SyncAlerts:
-    """Unsolicited frames as a blocking iterator; see `SyncClient.alerts`."""
-
-    def __init__(
-        self, owner: SyncClient, frames: MemoryObjectReceiveStream[wire.ServerFrame]
-    ) -> None:
-        self._owner = owner
-        self._frames = frames
-
-    def __iter__(self) -> SyncAlerts:
-        return self
-
-    def __next__(self) -> wire.ServerFrame:
-        try:
-            return self._owner._run(self._frames.receive)
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            raise StopIteration from None
-
-    def receive(self, *, timeout: float | None = None) -> wire.ServerFrame:
-        """The next frame; `TimeoutError` after `timeout` seconds without one, `ClientClosed`
-        once the subscription or the client has ended."""
-        frames = self._frames
-
-        async def receive_within() -> wire.ServerFrame:
-            with anyio.fail_after(timeout):
-                return await frames.receive()
-
-        try:
-            return self._owner._run(receive_within)
-        except TimeoutError:
-            raise TimeoutError(f"no unsolicited frame within {timeout:g} s") from None
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            raise ClientClosed("the alerts subscription has ended") from None
-
-
-class SyncInfoAPI:
-    """`SyncClient.info`: blocking `InfoAPI`."""
-
-    def __init__(self, owner: SyncClient) -> None:
-        self._owner = owner
-
-    def queue_stats(self, *, timeout: float | None = None) -> QueueStats:
-        """Blocking `InfoAPI.queue_stats`."""
-        info = self._owner._client.info
-        return self._owner._run(lambda: info.queue_stats(timeout=timeout))
-
-    def request(self, action: str, *, timeout: float | None = None) -> Any:
-        """Blocking `InfoAPI.request`."""
-        info = self._owner._client.info
-        return self._owner._run(lambda: info.request(action, timeout=timeout))
-
-
-class SyncManagementAPI:
-    """`SyncClient.management`: blocking `ManagementAPI` (never re-sent automatically)."""
-
-    def __init__(self, owner: SyncClient) -> None:
-        self._owner = owner
-
-    def request(self, action: str, *, timeout: float | None = None, **payload: Any) -> Any:
-        """Blocking `ManagementAPI.request`."""
-        api = self._owner._client.management
-        return self._owner._run(lambda: api.request(action, timeout=timeout, **payload))
-
-    def create_vm(self, *, openstack: Mapping[str, Any], timeout: float | None = None) -> VmCreated:
-        api = self._owner._client.management
-        return self._owner._run(lambda: api.create_vm(openstack=openstack, timeout=timeout))
-
-    def create_container(
-        self,
-        *,
-        vm_id: str,
-        docker: Mapping[str, Any],
-        minio: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-    ) -> ContainerCreated:
-        api = self._owner._client.management
-        return self._owner._run(
-            lambda: api.create_container(vm_id=vm_id, docker=docker, minio=minio, timeout=timeout)
-        )
-
-    def create_server(
-        self,
-        *,
-        vm_id: str,
-        vm_ip: str,
-        container_id: str,
-        triton: Mapping[str, Any],
-        minio: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-    ) -> ServerCreated:
-        api = self._owner._client.management
-        return self._owner._run(
-            lambda: api.create_server(
-                vm_id=vm_id,
-                vm_ip=vm_ip,
-                container_id=container_id,
-                triton=triton,
-                minio=minio,
-                timeout=timeout,
-            )
-        )
-
-    def creation(
-        self,
-        *,
-        openstack: Mapping[str, Any],
-        docker: Mapping[str, Any],
-        triton: Mapping[str, Any],
-        minio: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-    ) -> Deployment:
-        api = self._owner._client.management
-        return self._owner._run(
-            lambda: api.creation(
-                openstack=openstack, docker=docker, triton=triton, minio=minio, timeout=timeout
-            )
-        )
-
-    def deletion(
-        self,
-        deployment: Deployment | None = None,
-        *,
-        vm_id: str | None = None,
-        vm_ip: str | None = None,
-        container_id: str | None = None,
-        timeout: float | None = None,
-    ) -> Deleted:
-        api = self._owner._client.management
-        return self._owner._run(
-            lambda: api.deletion(
-                deployment, vm_id=vm_id, vm_ip=vm_ip, container_id=container_id, timeout=timeout
-            )
-        )
-
-    def delete_server(self, *, vm_id: str, container_id: str, timeout: float | None = None) -> None:
-        api = self._owner._client.management
-        self._owner._run(
-            lambda: api.delete_server(vm_id=vm_id, container_id=container_id, timeout=timeout)
-        )
-
-    def delete_container(
-        self, *, vm_id: str, container_id: str, timeout: float | None = None
-    ) -> None:
-        api = self._owner._client.management
-        self._owner._run(
-            lambda: api.delete_container(vm_id=vm_id, container_id=container_id, timeout=timeout)
-        )
-
-    def delete_vm(self, *, vm_id: str, container_id: str, timeout: float | None = None) -> None:
-        api = self._owner._client.management
-        self._owner._run(
-            lambda: api.delete_vm(vm_id=vm_id, container_id=container_id, timeout=timeout)
-        )
+    def managers(self) -> tuple[ManagerStatus, ...]:
+        """`AsyncClient.managers`, read in the portal: a consistent snapshot."""
+        client = self._client
+        return self._run_sync(client.managers)
 
 
 # -- what runs in the portal ---------------------------------------------------------------------
@@ -610,15 +379,13 @@ class _Started:
 
 
 async def _serve_client(
-    open_client: Callable[[], AbstractAsyncContextManager[AsyncClient]],
-    *,
-    task_status: anyio.abc.TaskStatus[_Started],
+    urls: tuple[str, ...], settings: ConnectSettings, *, task_status: anyio.abc.TaskStatus[_Started]
 ) -> None:
     """The async client's whole life, in one portal task (its task group must live in one
     task): connect, hand it over, and stay inside `connect` until `close()` sets `stop`."""
     thread = threading.current_thread()
     thread.name = f"anytcm-SyncClient-{thread.name}"  # recognisable in threading.enumerate()
-    async with open_client() as client:
+    async with open_client(urls, settings) as client:
         stop = anyio.Event()
         task_status.started(_Started(client, thread, stop))
         await stop.wait()
@@ -661,13 +428,10 @@ def _outside_trio(operation: Callable[[], _T]) -> _T:
     IPython's `%autoawait trio`) with a trio portal. Only then is the operation, which returns
     as soon as the portal has taken it, handed to a short-lived thread.
     """
-    trio = sys.modules.get("trio")
-    if trio is None:
+    from ._backend import current_backend
+
+    if current_backend() != "trio":
         return operation()
-    try:
-        trio.lowlevel.current_task()
-    except RuntimeError:
-        return operation()  # no trio run in this thread
     outcome: concurrent.futures.Future[_T] = concurrent.futures.Future()
 
     def hop() -> None:

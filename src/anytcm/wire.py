@@ -4,9 +4,9 @@ Server frames decode once, into a tagged union on `type`. Decoding is forward co
 unknown fields are ignored, and a frame of an unknown `type` decodes to `UnknownFrame` instead of
 failing, because a newer manager may add frames this client has never heard of.
 
-Inference reply `data` holds each output either as its undecoded text (`msgspec.Raw`), parsed
-straight into numpy by the tensor codec, or, for a small reply whose outputs are all flat lists of
-numbers, as those numbers, parsed with the frame in one pass (`ServerFrameDecoder`).
+Inference reply `data` holds each output as its undecoded text (`msgspec.Raw`), parsed straight
+into numpy by the tensor codec; a small reply may hold its outputs' numbers instead, parsed with
+the frame (`anytcm._fast.frames`). Readers handle both alike (`OutputValue`).
 
 No I/O and no anyio here: this module is tested synchronously.
 """
@@ -14,10 +14,12 @@ No I/O and no anyio here: this module is tested synchronously.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
+
+from . import _fast
 
 # ------------------------------------------------------------------------------------------------
 # client -> server
@@ -200,7 +202,8 @@ class InferenceReplyPayload(msgspec.Struct):
     ONGOING -> one string; START and streamed COMPLETED -> null.
 
     Decoded as one of two subclasses, which differ only in how `data` values are read (see
-    `ServerFrameDecoder`); code that reads a reply sees this class and `OutputValue`.
+    `ServerFrameDecoder` and `anytcm._fast.frames`); code that reads a reply sees this class
+    and `OutputValue`.
     """
 
     status: str
@@ -213,31 +216,14 @@ class InferenceReply(msgspec.Struct, tag="inference", tag_field="type"):
     uuid: str | None = None
 
 
-# The two forms replies decode into. Perf: neither is tracked by the garbage collector
-# (`gc=False`): a decoded reply holds strings, numbers and containers of them, never itself,
-# so it can be part of no reference cycle unless a caller puts it inside its own `data`.
-# Untracked, a small reply takes ~140 fewer instructions to decode (callgrind, of ~19k from
-# bytes to an FP32 array) and adds nothing to the young generation's collection count.
-
-
-class _TextReplyPayload(InferenceReplyPayload, gc=False):
+class _TextReplyPayload(InferenceReplyPayload):
     data: dict[str, msgspec.Raw] | str | None = None
 
 
-class _TextReply(InferenceReply, tag="inference", gc=False):
-    """Every reply: each `data` value kept as its JSON text."""
+class _TextReply(InferenceReply, tag="inference"):
+    """How the general path decodes every reply: each `data` value kept as its JSON text."""
 
     payload: _TextReplyPayload
-
-
-class _NumbersReplyPayload(InferenceReplyPayload, gc=False):
-    data: dict[str, Numbers] | str | None = None
-
-
-class _NumbersReply(InferenceReply, tag="inference", gc=False):
-    """A reply whose `data` values are all flat lists of numbers or bare numbers, parsed."""
-
-    payload: _NumbersReplyPayload
 
 
 class Alert(msgspec.Struct, tag="alert", tag_field="type"):
@@ -255,9 +241,10 @@ class UnknownFrame(msgspec.Struct):
     raw: dict[str, Any]
 
 
-ServerFrame: TypeAlias = (
-    "AuthOk | ErrorFrame | InfoResponse | ManagementReply | InferenceReply | Alert | UnknownFrame"
+KnownServerFrame: TypeAlias = (
+    "AuthOk | ErrorFrame | InfoResponse | ManagementReply | InferenceReply | Alert"
 )
+ServerFrame: TypeAlias = "KnownServerFrame | UnknownFrame"
 
 KNOWN_SERVER_TYPES: Final = frozenset(
     {"auth.ok", "error", "info_response", "management", "inference", "alert"}
@@ -268,13 +255,60 @@ class FrameDecodeError(ValueError):
     """A frame that is not a JSON object, or a known frame type with a malformed body."""
 
 
-# Frames up to this size may be decoded with their numbers parsed (`ServerFrameDecoder.decode`);
-# the tensor codec's small path takes values up to about the same size.
-_NUMBERS_FRAME_BYTES: Final = 12288
-# After the numbers decoder refused a frame, the small frames decoded as text before it tries again.
-_NUMBERS_PAUSE: Final = 16
-# Frames and array values from these sizes on are decoded by cutting the arrays out first.
-_CUT_FRAME_BYTES: Final = 1 << 16
+class ServerFrameDecoder:
+    """Decodes server frames. One per connection: it reuses msgspec decoders (they are not cheap
+    to build) and holds the per-connection state of the fast paths.
+
+    :param fast_paths: try the shortcuts of `anytcm._fast.frames` first; they give the frames
+        this decoder gives without them. On unless ``ANYTCM_NO_FAST_PATHS=1``.
+    """
+
+    decode: Callable[[bytes], ServerFrame]
+    """One server frame; a malformed one raises `FrameDecodeError`. Chosen when the decoder is
+    built, so that a frame costs one call whichever path decodes it."""
+
+    def __init__(self, *, fast_paths: bool = _fast.ENABLED) -> None:
+        # Annotated so mypy knows what decode() returns (a runtime union expression is Any).
+        self._typed: msgspec.json.Decoder[KnownServerFrame] = msgspec.json.Decoder(
+            AuthOk | ErrorFrame | InfoResponse | ManagementReply | _TextReply | Alert
+        )
+        self._generic = msgspec.json.Decoder(dict[str, Any])
+        self.decode = self._decode
+        if fast_paths:
+            # Imported here: the shortcuts build on the Structs of this module.
+            from ._fast.frames import FrameShortcuts
+
+            self.decode = FrameShortcuts(self._typed, self._decode).decode
+
+    def _decode(self, data: bytes) -> ServerFrame:
+        """The general path: every frame, outputs kept as text."""
+        try:
+            return self._typed.decode(data)
+        except RecursionError:
+            # Nested deeper than msgspec recurses. An output value nested so deep is the tensor
+            # codec's to refuse, as any malformed output is, and the connection stays: a large
+            # one is cut out (`decode_cut`) and the rest of the frame decoded.
+            frame = decode_cut(self._typed, bytes(data))
+            if frame is None:
+                raise
+            return frame
+        except msgspec.ValidationError as exc:
+            try:
+                generic = self._generic.decode(data)
+            except msgspec.DecodeError:
+                raise FrameDecodeError(f"server frame is not a JSON object: {exc}") from None
+            frame_type = generic.get("type")
+            if frame_type in KNOWN_SERVER_TYPES:
+                raise FrameDecodeError(f"malformed {frame_type!r} frame: {exc}") from None
+            return UnknownFrame(frame_type if isinstance(frame_type, str) else None, generic)
+        except msgspec.DecodeError as exc:
+            raise FrameDecodeError(f"server frame is not valid JSON: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# large replies with their arrays cut out
+
+# Array values from this size on are cut out.
 _CUT_VALUE_BYTES: Final = 1 << 14
 # Candidates examined per frame, and colons looked at: bound the scans on a frame full of
 # look-alikes in strings.
@@ -286,16 +320,55 @@ _PLACEHOLDER_PREFIX: Final = b"\\u0000anytcm:"
 _PLACEHOLDER_MAX: Final = len(_PLACEHOLDER_PREFIX) + 2 + len(str(_CUT_MAX_CANDIDATES))
 
 
+def decode_cut(
+    decoder: msgspec.json.Decoder[KnownServerFrame], data: bytes
+) -> InferenceReply | None:
+    """An inference reply decoded with its large array values cut out, or None to decline.
+
+    To slice a value as `msgspec.Raw`, msgspec still parses every number in it and recurses
+    into every list. Cut out, an array costs a few memchr scans; the tensor codec parses its
+    text once, later, and refuses it with its own error if it is no array (nested too deep
+    for any, say): that is the call's problem, not the connection's. Any doubt declines, and
+    then the frame is decoded whole.
+    """
+    cut = _cut_arrays(data)
+    if cut is None:
+        return None
+    rest, spans = cut
+    # Every placeholder-like text left must be one of ours: then a match below is ours.
+    if rest.count(_PLACEHOLDER_PREFIX) != len(spans):
+        return None
+    try:
+        frame = decoder.decode(rest)
+    except (msgspec.DecodeError, RecursionError):  # the whole frame's decode explains
+        return None
+    if not isinstance(frame, InferenceReply):
+        return None
+    values = frame.payload.data
+    if not isinstance(values, dict):
+        return None
+    found = 0
+    for name, value in values.items():
+        if type(value) is not msgspec.Raw or len(value) > _PLACEHOLDER_MAX:
+            continue
+        span = spans.get(bytes(value))
+        if span is not None:
+            values[name] = msgspec.Raw(span)
+            found += 1
+    # A placeholder anywhere else (a pipeline step, an error's details) declines.
+    return frame if found == len(spans) else None
+
+
 def _cut_arrays(data: bytes) -> tuple[bytes, dict[bytes, memoryview]] | None:
     """``data`` with each large array value of an object member replaced by a placeholder
     string, and the placeholders' texts -> the arrays' spans; None if there is none to cut.
 
     A candidate starts at ``":[`` (or ``": [``) and ends at the first run of as many ``]``
     as it opens with. It is cut only if it holds no ``"``. Why the result is exact when the
-    rest decodes (`ServerFrameDecoder._decode_cut` checks that it does):
+    rest decodes (`decode_cut` checks that it does):
 
-    * The candidate starts inside a string: the placeholder's opening quote ends that string and the
-      placeholder's text (which starts with a backslash) follows it bare: invalid JSON.
+    * The candidate starts inside a string: the placeholder's opening quote ends that string and
+      the placeholder's text (which starts with a backslash) follows it bare: invalid JSON.
     * The run of ``]`` ends the array early (ragged nesting, whitespace between brackets):
       what follows the placeholder is the rest of the array (``,`` or ``]`` and no key) in
       an object: invalid JSON.
@@ -311,7 +384,7 @@ def _cut_arrays(data: bytes) -> tuple[bytes, dict[bytes, memoryview]] | None:
     spans: dict[bytes, memoryview] = {}
     kept = pos = 0
     candidates = 0
-    # Perf: colons are found at memchr speed; a search for ``":[`` would run ~40x slower.
+    # Colons are found at memchr speed; a search for the three bytes ``":[`` is far slower.
     for _ in range(_CUT_MAX_COLONS):
         colon = find(b":", pos)
         if colon < 0:
@@ -347,9 +420,9 @@ def _cut_arrays(data: bytes) -> tuple[bytes, dict[bytes, memoryview]] | None:
 def _closing_run(data: bytes, pos: int, depth: int) -> int:
     """Where the first run of ``depth`` ``]`` starts from ``pos``, or -1.
 
-    Perf: a search for several bytes runs at ~1.3 ns per byte, one for a single byte at memchr
-    speed. Hopping from ``]`` to ``]`` (~0.15 us a hop) finds the end of an array of up to
-    ~1000 rows sooner; only more rows than that fall back to the longer search.
+    A search for one byte runs at memchr speed, one for several bytes much slower: hopping
+    from ``]`` to ``]`` finds the end of an array of up to `_CLOSING_HOPS` rows sooner, and
+    only more rows than that fall back to the search for the whole run.
     """
     if depth == 1:
         return data.find(b"]", pos)
@@ -360,97 +433,6 @@ def _closing_run(data: bytes, pos: int, depth: int) -> int:
             return hit
         pos = hit + 1
     return data.find(run, pos)
-
-
-class ServerFrameDecoder:
-    """Decodes server frames. One per connection; reuses msgspec decoders (they are not cheap)."""
-
-    def __init__(self) -> None:
-        # Annotated so mypy knows what decode() returns (a runtime union expression is Any).
-        self._typed: msgspec.json.Decoder[
-            AuthOk | ErrorFrame | InfoResponse | ManagementReply | InferenceReply | Alert
-        ] = msgspec.json.Decoder(
-            AuthOk | ErrorFrame | InfoResponse | ManagementReply | _TextReply | Alert
-        )
-        self._numbers: msgspec.json.Decoder[
-            AuthOk | ErrorFrame | InfoResponse | ManagementReply | InferenceReply | Alert
-        ] = msgspec.json.Decoder(
-            AuthOk | ErrorFrame | InfoResponse | ManagementReply | _NumbersReply | Alert
-        )
-        self._generic = msgspec.json.Decoder(dict[str, Any])
-        self._numbers_pause = 0  # small frames still to decode as text before the next try
-
-    def decode(self, data: bytes) -> ServerFrame:
-        """One server frame. Inference replies come in one of two forms, the same to a reader.
-
-        Perf: kept as text, an output's numbers are parsed twice, once by msgspec to find
-        where the value ends and again by the tensor codec: about a fifth of the time from a
-        small reply's bytes to its FP32 array (timeit, FP32[16]). A small frame is therefore
-        first decoded with its numbers parsed; every other frame type decodes the same either
-        way. Anything that decoder refuses (string outputs, nulls for NaN, booleans, nested
-        lists, a FAILED object, bad JSON) is decoded again as text, so the result and its
-        errors are those of the text decoder. A refusal costs about two decodes, and a
-        connection's replies tend to share their form (a model's outputs are nested or not),
-        so after one this decoder skips the attempt for the next `_NUMBERS_PAUSE` frames: a
-        scan of the frame to predict the refusal would cost half the saving on every frame.
-        """
-        size = len(data)
-        if size >= _CUT_FRAME_BYTES and type(data) is bytes:
-            reply = self._decode_cut(data)
-            if reply is not None:
-                return reply
-        elif size <= _NUMBERS_FRAME_BYTES:
-            if self._numbers_pause:
-                self._numbers_pause -= 1
-            else:
-                try:
-                    return self._numbers.decode(data)
-                except msgspec.DecodeError:  # ValidationError too: the text decoder decides
-                    self._numbers_pause = _NUMBERS_PAUSE
-        try:
-            return self._typed.decode(data)
-        except msgspec.ValidationError as exc:
-            try:
-                generic = self._generic.decode(data)
-            except msgspec.DecodeError:
-                raise FrameDecodeError(f"server frame is not a JSON object: {exc}") from None
-            frame_type = generic.get("type")
-            if frame_type in KNOWN_SERVER_TYPES:
-                raise FrameDecodeError(f"malformed {frame_type!r} frame: {exc}") from None
-            return UnknownFrame(frame_type if isinstance(frame_type, str) else None, generic)
-        except msgspec.DecodeError as exc:
-            raise FrameDecodeError(f"server frame is not valid JSON: {exc}") from None
-
-    def _decode_cut(self, data: bytes) -> InferenceReply | None:
-        """An inference reply decoded with its large array values cut out, or None to decline.
-
-        Perf: to slice a value as `msgspec.Raw`, msgspec still parses every number in it
-        (~2 ns per byte: 5 ms of a 2.8 MB reply, a quarter of the cost of decoding it into
-        numpy). Cut out, each array costs a few memchr scans, and the tensor codec parses its
-        text once, later. Any doubt declines, and the whole frame is decoded as usual.
-        """
-        cut = _cut_arrays(data)
-        if cut is None:
-            return None
-        rest, spans = cut
-        # Every placeholder-like text left must be one of ours: then a match below is ours.
-        if rest.count(_PLACEHOLDER_PREFIX) != len(spans):
-            return None
-        try:
-            frame = self._typed.decode(rest)
-        except msgspec.DecodeError:  # ValidationError too: the full decode explains
-            return None
-        if type(frame) is not _TextReply or type(frame.payload.data) is not dict:
-            return None
-        values = frame.payload.data
-        found = 0
-        for name, value in values.items():
-            span = spans.get(bytes(value)) if len(value) <= _PLACEHOLDER_MAX else None
-            if span is not None:
-                values[name] = msgspec.Raw(span)
-                found += 1
-        # A placeholder anywhere else (a pipeline step, an error's details) declines.
-        return frame if found == len(spans) else None
 
 
 class FailedObject(msgspec.Struct):
@@ -503,9 +485,9 @@ def encode_inline_payload(
 ) -> msgspec.Raw:
     """The payload `encode_payload` would write for one model with these encoded inputs.
 
-    Perf: the text around the inputs depends only on the target, model and flag, so it is
-    encoded once per combination (`_inline_payload_parts`) and the inputs spliced in, instead
-    of building two Structs and encoding them for every request.
+    The text around the inputs depends only on the target, model and flag, so it is encoded
+    once per combination (`_inline_payload_parts`) and the inputs spliced in, instead of two
+    Structs built and encoded for every request (see docs/performance.md).
     """
     head, tail = _inline_payload_parts(vm_ip, container_id, model_name, allow_transient)
     return msgspec.Raw(head + b",".join(inputs) + tail)

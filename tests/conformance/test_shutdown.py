@@ -25,7 +25,7 @@ from ._client import (
     slow_inputs,
 )
 
-pytestmark = pytest.mark.reference_only
+pytestmark = [pytest.mark.reference_only, pytest.mark.fault]
 
 
 @dataclass

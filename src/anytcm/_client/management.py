@@ -1,15 +1,25 @@
-"""`client.info` and `client.management`: the manager's info and management actions."""
+"""`client.info` and `client.management`: the manager's info and management actions.
+
+Each API takes what its requests need (the pool, the recorder, the client's deadline function,
+its retrier), not the client itself.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
-from ..errors import ContractError, InvalidInput, ProtocolError
+from .. import wire
+from .._core import attempts
+from .._core.affinity import affinity_keys
+from .._core.managers import Manager
+from .._core.pool import Pool
+from ..errors import ContractError, InvalidInput, ManagementFailed, ProtocolError, RequestTimeout
+from ..observability import Recorder
 from ..protocol import excerpt_of
 from ..results import (
     ContainerCreated,
@@ -21,23 +31,39 @@ from ..results import (
     Target,
     VmCreated,
 )
-
-if TYPE_CHECKING:
-    from ..client import AsyncClient
+from .retrying import DeadlineOf, Retrier, caller_timeout
 
 # The manager's answer to an info action it does not know (contract §4.1), status "success".
 _NOT_IMPLEMENTED = re.compile(r"Info type '.*' not implemented yet")
 
 
 class InfoAPI:
-    """`client.info`: queue statistics and other info actions."""
+    """`client.info`: queue statistics and other info actions (retried like inferences)."""
 
-    def __init__(self, client: AsyncClient) -> None:
-        self._client = client
+    def __init__(
+        self, pool: Pool, recorder: Recorder, deadline_of: DeadlineOf, retrier: Retrier
+    ) -> None:
+        self._pool = pool
+        self._recorder = recorder
+        self._deadline_of = deadline_of
+        self._retrier = retrier
+
+    async def _info(self, action: str, timeout: float | None) -> wire.InfoResponsePayload:
+        with self._recorder.begin("info", None):
+            seconds, deadline = self._deadline_of(timeout)
+            try:
+                return await self._retrier.run(
+                    lambda: attempts.info(self._pool, action, deadline),
+                    deadline,
+                    f"info {action!r}",
+                    started=deadline - seconds,
+                )
+            except RequestTimeout as exc:
+                raise caller_timeout(exc, seconds, f"info request {action!r}") from None
 
     async def queue_stats(self, *, timeout: float | None = None) -> QueueStats:
         """The manager's queue statistics (answered at once, even under load)."""
-        reply = await self._client._info("queue_stats", timeout)
+        reply = await self._info("queue_stats", timeout)
         with reply_shape("queue_stats", reply.data):
             return msgspec.convert(reply.data or {}, QueueStats, strict=False)
 
@@ -47,7 +73,7 @@ class InfoAPI:
         Raises `ContractError` for an action the manager does not implement (it answers those
         with success and a message, which would otherwise pass for data).
         """
-        data = (await self._client._info(action, timeout)).data
+        data = (await self._info(action, timeout)).data
         message = data.get("message") if isinstance(data, dict) and len(data) == 1 else None
         if isinstance(message, str) and _NOT_IMPLEMENTED.match(message):
             raise ContractError(
@@ -65,21 +91,58 @@ class ManagementAPI:
     written, it fails with `ConnectionLost(outcome_unknown=True)`.
     """
 
-    def __init__(self, client: AsyncClient) -> None:
-        self._client = client
+    def __init__(
+        self,
+        pool: Pool,
+        recorder: Recorder,
+        deadline_of: DeadlineOf,
+        remember_spec: Callable[[str, ModelSpec, Target], None],
+    ) -> None:
+        self._pool = pool
+        self._recorder = recorder
+        self._deadline_of = deadline_of
+        self._remember_spec = remember_spec  # what create_server/creation return is registered
 
     async def request(self, action: str, *, timeout: float | None = None, **payload: Any) -> Any:
-        """Any action with a raw payload; returns the reply's `data`."""
-        return await self._client._management({"action": action, **payload}, timeout)
+        """Any action with a raw payload; returns the reply's `data`.
+
+        With several managers, an action about a VM, container or server created through this
+        client goes to the manager that created it (the others do not know it).
+        """
+        data, _ = await self._request(action, timeout, payload)
+        return data
+
+    async def _request(
+        self, action: str, timeout: float | None, payload: dict[str, Any]
+    ) -> tuple[Any, Manager | None]:
+        """The reply's `data`, and the manager that answered."""
+        with self._recorder.begin("management", None):
+            seconds, deadline = self._deadline_of(timeout)
+            routed = self._pool.affinity.routed(_keys_of(payload))
+            try:
+                result, manager = await attempts.management(
+                    self._pool, {"action": action, **payload}, deadline, routed
+                )
+            except RequestTimeout as exc:
+                raise caller_timeout(exc, seconds, f"management action {action!r}") from None
+            if not result.status:
+                raise ManagementFailed(
+                    f"management action {action!r} failed on the manager: {result.data}",
+                    action=action,
+                    data=result.data,
+                )
+            return result.data, manager
 
     async def create_vm(
         self, *, openstack: Mapping[str, Any], timeout: float | None = None
     ) -> VmCreated:
-        data = await self.request("create_vm", openstack=dict(openstack), timeout=timeout)
+        data, manager = await self._request("create_vm", timeout, {"openstack": dict(openstack)})
         with reply_shape("create_vm", data):
             if not isinstance(data, list) or len(data) != 2:
                 raise TypeError("expected a two-item list")
-            return VmCreated(str(data[0]), str(data[1]))
+            created = VmCreated(str(data[0]), str(data[1]))
+        self._pool.affinity.pin(affinity_keys(vm_id=created.vm_id), manager)
+        return created
 
     async def create_container(
         self,
@@ -90,13 +153,16 @@ class ManagementAPI:
         timeout: float | None = None,
     ) -> ContainerCreated:
         extra = {"minio": dict(minio)} if minio is not None else {}
-        data = await self.request(
-            "create_container", vm_id=vm_id, docker=dict(docker), timeout=timeout, **extra
+        data, manager = await self._request(
+            "create_container", timeout, {"vm_id": vm_id, "docker": dict(docker), **extra}
         )
         with reply_shape("create_container", data):
             if isinstance(data, list):
-                return ContainerCreated(str(data[0]), dict(data[1]) if len(data) > 1 else {})
-            return ContainerCreated(str(data), {})
+                created = ContainerCreated(str(data[0]), dict(data[1]) if len(data) > 1 else {})
+            else:
+                created = ContainerCreated(str(data), {})
+        self._pool.affinity.pin(affinity_keys(container_id=created.container_id), manager)
+        return created
 
     async def create_server(
         self,
@@ -108,19 +174,22 @@ class ManagementAPI:
         minio: Mapping[str, Any] | None = None,
         timeout: float | None = None,
     ) -> ServerCreated:
-        data = await self.request(
+        data, manager = await self._request(
             "create_server",
-            vm_id=vm_id,
-            vm_ip=vm_ip,
-            container_id=container_id,
-            triton=dict(triton),
-            minio=dict(minio or {}),
-            timeout=timeout,
+            timeout,
+            {
+                "vm_id": vm_id,
+                "vm_ip": vm_ip,
+                "container_id": container_id,
+                "triton": dict(triton),
+                "minio": dict(minio or {}),
+            },
         )
         with reply_shape("create_server", data):
             spec = ModelSpec.from_config(data)
             model = str(data["model_name"])
-        self._client.set_model_spec(model, spec, target=Target(vm_ip, container_id))
+        self._pool.affinity.pin(affinity_keys(vm_ip=vm_ip, container_id=container_id), manager)
+        self._remember_spec(model, spec, Target(vm_ip, container_id))
         return ServerCreated(model, spec)
 
     async def creation(
@@ -132,19 +201,23 @@ class ManagementAPI:
         minio: Mapping[str, Any] | None = None,
         timeout: float | None = None,
     ) -> Deployment:
-        data = await self.request(
+        data, manager = await self._request(
             "creation",
-            openstack=dict(openstack),
-            docker=dict(docker),
-            triton=dict(triton),
-            minio=dict(minio or {}),
-            timeout=timeout,
+            timeout,
+            {
+                "openstack": dict(openstack),
+                "docker": dict(docker),
+                "triton": dict(triton),
+                "minio": dict(minio or {}),
+            },
         )
         with reply_shape("creation", data):
             target = Target(str(data["vm_ip"]), str(data["container_id"]))
             spec = ModelSpec.from_config(data)
             model = str(data["model_name"])
-        self._client.set_model_spec(model, spec, target=target)
+        keys = affinity_keys(vm_ip=target.vm_ip, container_id=target.container_id)
+        self._pool.affinity.pin([*keys, *affinity_keys(vm_id=data.get("vm_id"))], manager)
+        self._remember_spec(model, spec, target)
         return Deployment(target, model, spec)
 
     async def deletion(
@@ -167,7 +240,10 @@ class ManagementAPI:
                 "that creation() returned, or name them"
             )
         vm = {"vm_id": vm_id} if vm_id is not None else {"vm_ip": vm_ip}
-        data = await self.request("deletion", container_id=container_id, timeout=timeout, **vm)
+        data, _ = await self._request("deletion", timeout, {"container_id": container_id, **vm})
+        self._pool.affinity.unpin(
+            affinity_keys(vm_ip=vm_ip, container_id=container_id, vm_id=vm_id)
+        )
         with reply_shape("deletion", data):
             return Deleted(data.get("vm_id"), data.get("container_id"))
 
@@ -187,6 +263,15 @@ class ManagementAPI:
         self, *, vm_id: str, container_id: str, timeout: float | None = None
     ) -> None:
         await self.request("delete_vm", vm_id=vm_id, container_id=container_id, timeout=timeout)
+
+
+def _keys_of(payload: Mapping[str, Any]) -> list[str]:
+    """What a management request is about, as affinity keys (see `Pool.routed`)."""
+    return affinity_keys(
+        vm_id=payload.get("vm_id"),
+        vm_ip=payload.get("vm_ip"),
+        container_id=payload.get("container_id"),
+    )
 
 
 @contextmanager

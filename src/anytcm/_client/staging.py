@@ -4,6 +4,10 @@ What every inference does before anything is sent: the inputs are collected into
 shared-memory references the caller staged), checked against the model's spec, staged with the
 first usable carrier and encoded; a payload whose frame would exceed the manager's cap is
 refused unsent.
+
+Which carrier, and what it can do, comes from the carrier interface alone (`carrier_traits`,
+`anytcm.plugins.resolve_carriers`): this module knows no carrier by name, so a plugin's carrier
+is chosen, skipped and fast-pathed by the same rules as the built-in ones.
 """
 
 from __future__ import annotations
@@ -14,13 +18,18 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from .. import wire
-from ..carriers import CarrierContext, InputTensor, StagedInputs
-from ..carriers._json import JsonCarrier
-from ..errors import CarrierUnavailable, InvalidInput, PayloadTooLarge
-from ..plugins import load_carrier
+from .. import _fast, wire
+from ..carriers import (
+    JSON_CAPABILITY,
+    SHM_CAPABILITY,
+    CarrierContext,
+    InputTensor,
+    ItemEncoder,
+    StagedInputs,
+)
+from ..errors import CarrierError, CarrierUnavailable, InvalidInput, PayloadTooLarge
+from ..plugins import AUTO, first_carrier, load_carrier_traits, resolve_carriers
 from ..results import ModelSpec, Target, Tensor, input_signature
-from ..tensors import encode_input
 
 Inputs = Mapping[str, Any] | Sequence["Tensor | wire.SHMReference"]
 
@@ -44,6 +53,14 @@ class Stager:
         self._granted = granted
         self._uuid_bytes_bound = uuid_bytes_bound
         self._model_spec = model_spec
+        self._last_context = CarrierContext(None, same_host, max_frame_bytes)
+
+    def context(self) -> CarrierContext:
+        """What carriers are told about the connection (rebuilt only when the grant changes)."""
+        granted = self._granted()
+        if granted is not self._last_context.granted:
+            self._last_context = CarrierContext(granted, self.same_host, self.max_frame_bytes)
+        return self._last_context
 
     def collect(
         self, model: str, inputs: Inputs, target: Target, input_spec: ModelSpec | None
@@ -72,7 +89,7 @@ class Stager:
             raise InvalidInput(
                 "mixing shared-memory and JSON inputs in one request is refused: the manager "
                 f"silently drops the JSON ones ({sorted(tensors)}); send every input through shm",
-                given={"shm": [r.name for r in shm], "json": sorted(tensors)},
+                given={SHM_CAPABILITY: [r.name for r in shm], JSON_CAPABILITY: sorted(tensors)},
             )
         spec = input_spec or self._model_spec(model, target)
         if spec is not None and tensors:
@@ -88,25 +105,38 @@ class Stager:
     def json_items(
         self, model: str, inputs: Inputs, target: Target, where: str
     ) -> list[wire.InputItem]:
-        """Inline JSON inputs, for requests that take no other carrier here."""
+        """Inline inputs for a gRPC stream or a pipeline step (`where` names which).
+
+        They take the first carrier of ``"auto"`` that serves streams and is usable here,
+        encoded synchronously (`encode_item`): such requests hold nothing to release.
+        """
         tensors, shm = self.collect(model, inputs, target, None)
         if shm:
             raise CarrierUnavailable(
                 f"{where} take inline JSON inputs only here (the manager refuses shared memory "
                 "for gRPC streams); pass arrays instead of SHMReference items",
-                carrier="shm",
+                carrier=SHM_CAPABILITY,
                 reason=f"not supported for {where}",
             )
-        return [msgspec.Raw(encode_input(t.name, t.array, t.datatype)) for t in tensors]
-
-    def carrier_names(self, carrier: str | Sequence[str], *, stream: bool) -> list[str]:
-        """A preference order; "auto" is json, then shm (shm never for gRPC streams)."""
-        wanted = [carrier] if isinstance(carrier, str) else list(carrier)
-        names: list[str] = []
-        for name in wanted:
-            expanded = (["json"] if stream else ["json", "shm"]) if name == "auto" else [name]
-            names.extend(n for n in expanded if n not in names)
-        return names
+        names = resolve_carriers(AUTO, stream=True)
+        context = self.context()
+        reasons: list[str] = []
+        for name in names:
+            plugin, traits = load_carrier_traits(name)
+            encode = traits.encode_item
+            if encode is None:
+                continue  # not reached: serving streams takes an encode_item (carrier_traits)
+            reason = plugin.unavailable_reason(context)
+            if reason is not None:
+                reasons.append(f"{name}: {reason}")
+                continue
+            return [msgspec.Raw(encode(t.name, t.array, t.datatype)) for t in tensors]
+        reasons = reasons or ["no installed carrier serves them (serves_streams and auto_rank)"]
+        raise CarrierUnavailable(
+            f"no carrier can send the inputs of {model!r} for {where} ({'; '.join(reasons)})",
+            carrier=",".join(names),
+            reason="; ".join(reasons),
+        )
 
     async def stage(
         self,
@@ -119,24 +149,28 @@ class Stager:
     ) -> tuple[StagedInputs, msgspec.Raw]:
         """Stage the inputs with the first usable carrier; returns them and the sized payload.
 
-        A carrier is usable when the manager granted its capability (and, for json, when the
-        frame fits the manager's cap). The caller must `release()` what this returns.
+        A carrier is usable when the manager granted its capability (and, with `stream`, when
+        it serves streams). One that cannot fit the frame cap is skipped on its own estimate,
+        or on the frame it built, while another is left to try; the last one raises
+        `PayloadTooLarge`. The caller must `release()` what this returns.
         """
-        names = self.carrier_names(carrier, stream=stream)
-        context = CarrierContext(self._granted(), self.same_host, self.max_frame_bytes)
+        names = resolve_carriers(carrier, stream=stream)
+        context = self.context()
         reasons: list[str] = []
-        too_large: PayloadTooLarge | None = None
         for index, name in enumerate(names):
             last = index == len(names) - 1
-            plugin = load_carrier(name)
+            plugin, traits = load_carrier_traits(name)
             reason = plugin.unavailable_reason(context)
-            if reason is None and stream and name == "shm":
-                reason = "gRPC streaming does not accept shared-memory inputs (contract §9)"
+            if reason is None and stream and not traits.serves_streams:
+                reason = "it does not serve gRPC streams and pipelines"
             if reason is not None:
                 reasons.append(f"{name}: {reason}")
                 continue
-            if name == "json" and not last and _surely_over(tensors, self.max_frame_bytes):
-                reasons.append(f"json: the tensors cannot fit the {self.max_frame_bytes}-byte cap")
+            estimate = traits.min_item_bytes
+            if not last and estimate is not None and estimate(tensors) > self.max_frame_bytes:
+                reasons.append(
+                    f"{name}: the tensors cannot fit the {self.max_frame_bytes}-byte cap"
+                )
                 continue
             staged = await plugin.stage(tensors)
             try:
@@ -145,13 +179,12 @@ class Stager:
                 staged.release()
                 if last:
                     raise
-                too_large = exc
                 reasons.append(f"{name}: {exc.size} bytes, over the {exc.limit}-byte frame cap")
             except BaseException:
                 staged.release()
                 raise
-        if too_large is not None and all(r.startswith("json") for r in reasons):
-            raise too_large
+        if not names:
+            reasons.append("no installed carrier takes part in 'auto' (auto_rank)")
         raise CarrierUnavailable(
             f"no carrier can send the inputs of {model!r} ({'; '.join(reasons)}). Small "
             "tensors go inline as json; large ones need shared memory on the manager's host",
@@ -187,22 +220,24 @@ class Stager:
         carrier: str | Sequence[str],
         allow_transient: bool,
     ) -> msgspec.Raw | None:
-        """The common request, small arrays inline as JSON, without the general staging path.
+        """The common request, small arrays inline, without the general staging path.
 
-        Taken only when the general path would surely pick the built-in json carrier: a dict of
-        ndarrays, carrier "auto" or "json", no model spec to check against, at most a quarter of
-        the frame cap in array bytes. Anything else (or a frame over the cap after all) returns
-        None and the general path decides, with its full checks and messages. Perf: the general
-        path builds four small objects per input and consults the carrier registry, ~15% of a
-        small request's client CPU (`benchmarks/profile_client.py`).
+        Taken only when the general path would surely stage with the first carrier of the
+        choice and that carrier has an `encode_item`: a dict of numeric ndarrays, one carrier
+        name (or "auto"), no model spec to check against, at most a quarter of the frame cap
+        in array bytes. Anything else (or a frame over the cap after all) returns None and the
+        general path decides, with its full checks and messages. Its gain is what the general
+        path spends per input on wrapper objects and carrier look-ups.
         """
         if (
-            (carrier != "auto" and carrier != "json")
+            not _fast.ENABLED
             or type(inputs) is not dict
+            or not isinstance(carrier, str)
             or input_spec is not None
-            or self._model_spec(model, target) is not None
-            or type(load_carrier("json")) is not JsonCarrier
         ):
+            return None
+        encode = self._inline_encoder(carrier)
+        if encode is None or self._model_spec(model, target) is not None:
             return None
         items: list[bytes] = []
         budget = self.max_frame_bytes >> 2
@@ -212,15 +247,27 @@ class Stager:
             budget -= value.nbytes
             if budget < 0:
                 return None
-            items.append(encode_input(name, value))
+            items.append(encode(name, value, None))
         if not items:
             return None
         raw = wire.encode_inline_payload(
             target.vm_ip, target.container_id, model, allow_transient, items
         )
         if self.frame_bytes(raw) > self.max_frame_bytes:
-            return None  # the general path tries shared memory, or explains
+            return None  # the general path tries the next carrier, or explains
         return raw
+
+    def _inline_encoder(self, carrier: str) -> ItemEncoder | None:
+        """The `encode_item` of the carrier the general path would try first, if usable here."""
+        try:
+            first = first_carrier(carrier)
+        except (CarrierError, TypeError):
+            return None  # the general path raises it, after the checks that come first there
+        if first is None or first[1].encode_item is None:
+            return None
+        if first[0].unavailable_reason(self.context()) is not None:
+            return None
+        return first[1].encode_item
 
 
 def input_values(inputs: Inputs) -> Iterator[Any]:
@@ -229,8 +276,3 @@ def input_values(inputs: Inputs) -> Iterator[Any]:
         yield from inputs.values()
     else:
         yield from (item.data for item in inputs if isinstance(item, Tensor))
-
-
-def _surely_over(tensors: Sequence[InputTensor], limit: int) -> bool:
-    """True when JSON cannot fit: every number takes at least two characters ("0,")."""
-    return sum(int(t.array.size) for t in tensors) * 2 > limit

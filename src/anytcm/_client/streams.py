@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import weakref
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from .._core.managers import Manager
 from .._core.pool import Pool
 from .._core.session import NotSent, Session
 from ..errors import ClientClosed, RequestTimeout, TcmError
-from ..observability import Observation
+from ..observability import Observation, Recorder
 from ..protocol import InferenceCompleted, InferenceProgress
 from ..results import StreamEvent
 from .retrying import caller_timeout
-
-if TYPE_CHECKING:
-    from ..client import AsyncClient
 
 
 class StreamClosedEarly(Exception):
@@ -27,18 +25,26 @@ class StreamClosedEarly(Exception):
 
 
 class InferStream:
-    """A streamed inference in progress; see `AsyncClient.infer_stream`."""
+    """A streamed inference in progress; see `AsyncClient.infer_stream`.
+
+    `deadline` bounds the whole stream (an absolute time on the pool's clock, from the
+    caller's `timeout` of `seconds`); `idle_timeout` the silence between two frames.
+    """
 
     def __init__(
         self,
-        client: AsyncClient,
+        pool: Pool,
+        recorder: Recorder,
         payload: msgspec.Raw,
         model: str,
         deadline: float,
         seconds: float,
         idle_timeout: float | None,
+        manager: Manager | None = None,
     ) -> None:
-        self._client = client
+        self._pool = pool
+        self._manager = manager  # the one manager that may serve it, if any
+        self._recorder = recorder
         self._payload = payload
         self._model = model
         self._deadline = deadline
@@ -49,7 +55,7 @@ class InferStream:
         self._done = False
         self._observation: Observation | None = None
         # Safety net: a stream dropped without aclose() must still give its connection back.
-        self._finalizer = weakref.finalize(self, _release_stream, client._pool, [None])
+        self._finalizer = weakref.finalize(self, _release_stream, pool, [None])
 
     async def __aenter__(self) -> InferStream:  # noqa: PYI034 - not meant to be subclassed
         await self._start()
@@ -70,10 +76,10 @@ class InferStream:
         if self._session is not None or self._done:
             return
         if self._observation is None:
-            self._observation = self._client._recorder.begin("stream", self._model)
+            self._observation = self._recorder.begin("stream", self._model)
         while True:
             try:
-                session = await self._client._pool.checkout(self._deadline)
+                session = await self._pool.checkout(self._deadline, self._manager)
             except RequestTimeout as exc:
                 error = caller_timeout(exc, self._seconds, f"stream of {self._model!r}")
                 self._observed(error)
@@ -84,7 +90,7 @@ class InferStream:
             frame, frames = session.open_stream(self._payload)
             self._session, self._frames = session, frames
             self._finalizer.detach()
-            self._finalizer = weakref.finalize(self, _release_stream, self._client._pool, [session])
+            self._finalizer = weakref.finalize(self, _release_stream, self._pool, [session])
             try:
                 await session.send_stream_request(frame)
                 return
@@ -97,23 +103,13 @@ class InferStream:
             raise StopAsyncIteration
         await self._start()
         assert self._frames is not None
-        now = anyio.current_time()
-        wait = self._deadline - now
-        if self._idle_timeout is not None:
-            wait = min(wait, self._idle_timeout)
+        deadline = self._deadline
+        if self._idle_timeout is not None:  # the idle timeout starts now: one deadline of two
+            deadline = min(deadline, self._pool.now() + self._idle_timeout)
+        item: Any = None
         try:
-            with anyio.fail_after(max(0.0, wait)):
+            with anyio.CancelScope(deadline=deadline) as scope:
                 item = await self._frames.receive()
-        except TimeoutError:
-            overall = anyio.current_time() >= self._deadline
-            self._abandon()
-            what = f"within {self._seconds:g} s" if overall else f"for {self._idle_timeout:g} s"
-            timed_out = RequestTimeout(
-                f"the stream of {self._model!r} sent nothing {what}",
-                timeout=self._seconds if overall else (self._idle_timeout or 0.0),
-            )
-            self._observed(timed_out)
-            raise timed_out from None
         except anyio.EndOfStream:
             ended = self._session.stream_error if self._session is not None else None
             self._abandon()
@@ -124,6 +120,16 @@ class InferStream:
             self._abandon()
             self._observed(exc)
             raise
+        if scope.cancelled_caught:
+            overall = self._pool.now() >= self._deadline
+            self._abandon()
+            what = f"within {self._seconds:g} s" if overall else f"for {self._idle_timeout:g} s"
+            timed_out = RequestTimeout(
+                f"the stream of {self._model!r} sent nothing {what}",
+                timeout=self._seconds if overall else (self._idle_timeout or 0.0),
+            )
+            self._observed(timed_out)
+            raise timed_out
         if isinstance(item, TcmError):
             self._done = True
             self._release()
@@ -154,7 +160,7 @@ class InferStream:
             self._frames.close()
             self._frames = None
         if session is not None:
-            self._client._pool.checkin(session)
+            self._pool.checkin(session)
 
     async def aclose(self) -> None:
         """Stop reading; an unfinished stream's connection is held until its end arrives."""

@@ -1,13 +1,14 @@
-"""A one-shot signal with a deadline, on each backend's native primitives.
+"""A one-shot signal with an absolute deadline: what every request waits on.
 
-Every request waits for exactly one thing (its reply, or a free connection) with a deadline.
-Written with anyio that is an `anyio.Event` inside `anyio.fail_after`, and on asyncio that pair
-costs ~25 µs per request (a cancel scope that tracks the task and reschedules cancellation,
-plus an `asyncio.Event` wrapped in anyio's): a tenth of a small request's client CPU
-(`benchmarks/profile_client.py`). Here a wait is one future on asyncio (a parked task on
-trio), and its deadline an entry in the owner's timers (`new_timers()`: one loop timer handle
-on asyncio, see `_AsyncioTimers`; one timer task on trio, see `_trio_factory`), or, without
-them, a timer handle (asyncio) or cancel scope (trio) of its own.
+Every request waits for exactly one thing (its reply, or a free connection) until a deadline,
+an absolute time on the backend's clock (`anytcm._backend.clock`). The general path is anyio's
+own: an `anyio.Event` under an `anyio.CancelScope(deadline=...)` (`_GeneralOneShot`). A cancel
+scope is heavy for a wait that almost always ends long before its deadline (it attaches to the
+task, registers its deadline with the loop, and is torn down again), so with fast paths on
+(`anytcm._fast`) each backend gets a native one: a future on asyncio, a parked task on trio, and
+the deadline an entry in the owner's timers (`new_timers()`: one loop timer handle on asyncio,
+see `_AsyncioTimers`; one timer task on trio, see `_trio_factory`), or, without them, a timer
+handle (asyncio) or cancel scope (trio) of the wait's own.
 
 Cancellation from outside (an anyio cancel scope, a task group) reaches the waiting task
 exactly as it would reach `anyio.Event.wait()`, and is never swallowed.
@@ -22,7 +23,12 @@ import math
 from collections.abc import Callable, Iterator
 from typing import Generic, Protocol, TypeVar
 
-__all__ = ("OneShot", "Timers", "backend_clock", "new_timers", "oneshot")
+import anyio
+
+from .. import _fast
+from .._backend import current_backend
+
+__all__ = ("OneShot", "Timers", "new_timers", "oneshot")
 
 
 class OneShot(Protocol):
@@ -32,10 +38,73 @@ class OneShot(Protocol):
         """Wake the waiter; later calls do nothing."""
 
     def is_set(self) -> bool:
-        """True once set (or, on asyncio, once its waiter was cancelled: nobody waits anymore)."""
+        """True once set (or, on asyncio's native one, once its wait ended: nobody waits)."""
 
-    async def wait(self, timeout: float) -> bool:
-        """Wait at most `timeout` seconds; True if set, False on timeout."""
+    async def wait(self, deadline: float) -> bool:
+        """Wait until set or until the backend's clock reaches `deadline`; True if set.
+
+        A signal already set answers True at once; a deadline already past answers False
+        (perhaps after one pass of the event loop).
+        """
+
+
+class Timers(Protocol):
+    """Deadlines of one owner's waits, served while the owner runs `run()` (see below)."""
+
+    async def run(self) -> None:
+        """Expire deadlines until cancelled; run it in the owner's task group."""
+
+    def oneshot(self) -> OneShot:
+        """A new signal whose deadline these timers serve (while `run()` runs; once it has
+        stopped, the wait serves its own). Made by the timers, so no backend probe per wait."""
+
+
+# -- the general path: anyio's primitives ---------------------------------------------------
+
+
+class _GeneralOneShot:
+    """An `anyio.Event` waited on under a cancel scope with the deadline."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self, deadline: float) -> bool:
+        event = self._event
+        if event.is_set():
+            return True
+        with anyio.CancelScope(deadline=deadline):
+            await event.wait()
+        return event.is_set()
+
+
+class _GeneralTimers:
+    """Nothing to serve: every general wait keeps its own deadline in its cancel scope."""
+
+    __slots__ = ("running",)
+
+    def __init__(self) -> None:
+        self.running = False
+
+    async def run(self) -> None:
+        self.running = True
+        try:
+            await anyio.sleep_forever()
+        finally:
+            self.running = False
+
+    def oneshot(self) -> OneShot:
+        return _GeneralOneShot()
+
+
+# -- the native paths -----------------------------------------------------------------------
 
 
 class _Parked(Protocol):
@@ -119,19 +188,16 @@ class _AsyncioOneShot:
         if not self._future.done():
             self._timer = self._loop.call_at(self._deadline, self._expire)
 
-    async def wait(self, timeout: float) -> bool:
+    async def wait(self, deadline: float) -> bool:
         future = self._future
         if future.done():
             return not self._timed_out
-        if timeout <= 0:
-            return False
-        loop = self._loop
         timers = self._timers
         if timers is not None and timers.running:
-            self._deadline = loop.time() + timeout
-            timers.add(self._deadline, self)
+            self._deadline = deadline
+            timers.add(deadline, self)
         else:
-            self._timer = loop.call_later(timeout, self._expire)
+            self._timer = self._loop.call_at(deadline, self._expire)
         try:
             await future
         finally:
@@ -143,10 +209,10 @@ class _AsyncioOneShot:
 class _AsyncioTimers:
     """The deadlines of one owner's waits on asyncio, behind one loop timer handle.
 
-    Perf: a timer handle per wait (``call_later``, then ``cancel`` when the reply comes, and
-    the loop's own clean-up of cancelled handles) costs a few µs per request. Here a wait is a
-    heap push (`_Deadlines`); one handle stays armed for the earliest deadline (a reply almost
-    always comes long before its deadline, so the handle seldom moves).
+    A timer handle per wait would be armed, cancelled when the reply comes, and cleaned up by
+    the loop, on every request. Here a wait is a heap push (`_Deadlines`), and one handle stays
+    armed for the earliest deadline; a reply almost always comes long before its deadline, so
+    that handle seldom moves.
     """
 
     __slots__ = ("_handle", "_handle_at", "_heap", "_loop", "running")
@@ -192,32 +258,11 @@ class _AsyncioTimers:
                 shot._orphan()
 
 
-def _new_asyncio() -> OneShot | None:
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-    return _AsyncioOneShot(loop, None)
-
-
-class Timers(Protocol):
-    """Deadlines of one owner's waits, served while the owner runs `run()` (see below)."""
-
-    async def run(self) -> None:
-        """Expire deadlines until cancelled; run it in the owner's task group."""
-
-    def oneshot(self) -> OneShot:
-        """A new signal whose deadline these timers serve (while `run()` runs; once it has
-        stopped, the wait serves its own). Made by the timers, so no backend lookup per wait
-        (on trio that lookup is a failed asyncio one, an exception each time)."""
-
-
 def _trio_factory() -> tuple[Callable[[], OneShot], Callable[[], Timers]]:
     """trio's one-shot: the waiting task parks itself, and is woken with True (set) or False.
 
-    Perf: `trio.Event` plus `trio.move_on_after` costs ~15 µs per wait (a cancel scope
-    attached to the task and its deadline registered with the run loop, then a parking lot),
-    ~5% of a small request's client CPU on trio. Here a wait is `wait_task_rescheduled` and a
+    A `trio.Event` under `trio.move_on_at` attaches a cancel scope to the task and registers
+    its deadline with the run loop on every wait. Here a wait is `wait_task_rescheduled` and a
     heap push: the deadlines live in a `_TrioTimers` whose one task (in the owner's task
     group, e.g. the session's, next to its reader) sleeps until the earliest one. Entries are
     removed lazily (`_Deadlines`). Without timers, or once their task has ended (the owner
@@ -293,12 +338,11 @@ def _trio_factory() -> tuple[Callable[[], OneShot], Callable[[], Timers]]:
             self._task = None  # cancelled: nothing may wake it now
             return Abort.SUCCEEDED
 
-        async def wait(self, timeout: float) -> bool:
+        async def wait(self, deadline: float) -> bool:
             if self._set:
                 return True
-            deadline = trio.current_time() + timeout
             timers = self._timers
-            if timeout > 0 and timers is not None and timers.running:
+            if timers is not None and timers.running:
                 self._task = current_task()
                 timers.add(deadline, self)
                 answer: bool | None = await wait_task_rescheduled(self._abort)
@@ -325,16 +369,22 @@ def _trio() -> tuple[Callable[[], OneShot], Callable[[], Timers]]:
     return _trio_kinds
 
 
+# -- choosing -------------------------------------------------------------------------------
+
+
 def oneshot() -> OneShot:
-    """A new signal for the running backend (asyncio or trio); call it inside the event loop.
+    """A new signal for the running backend; call it inside the event loop.
 
     Each wait serves its own deadline; for a deadline served by an owner's timers, use
     `new_timers().oneshot()`.
     """
-    made = _new_asyncio()
-    if made is not None:
-        return made
-    return _trio()[0]()
+    if _fast.ENABLED:
+        backend = current_backend()
+        if backend == "asyncio":
+            return _AsyncioOneShot(asyncio.get_running_loop(), None)
+        if backend == "trio":
+            return _trio()[0]()
+    return _GeneralOneShot()
 
 
 def new_timers() -> Timers:
@@ -342,23 +392,10 @@ def new_timers() -> Timers:
 
     The owner runs `timers.run()` in its task group for as long as it creates waits.
     """
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return _trio()[1]()
-    return _AsyncioTimers(loop)
-
-
-def backend_clock() -> Callable[[], float]:
-    """The running backend's own clock, the one `anyio.current_time()` reads; call it in the loop.
-
-    Deadlines are absolute times on this clock. Perf: `anyio.current_time()` looks up the
-    backend on every call (~1.3 us); a client calls it a few times per request, so it keeps
-    the backend's function instead (`loop.time` on asyncio, `trio.current_time` on trio).
-    """
-    try:
-        return asyncio.get_running_loop().time
-    except RuntimeError:
-        import trio
-
-        return trio.current_time
+    if _fast.ENABLED:
+        backend = current_backend()
+        if backend == "asyncio":
+            return _AsyncioTimers(asyncio.get_running_loop())
+        if backend == "trio":
+            return _trio()[1]()
+    return _GeneralTimers()

@@ -5,21 +5,28 @@ Why a pool: the protocol has no request id, so a connection carries one inferenc
 from a base. A fresh uuid is used for every physical connection, because the manager delivers a
 late reply to whichever connection holds the uuid *now* (contract §3.4).
 
-Each slot runs: readiness gate -> connect -> auth -> serve -> classify the failure -> backoff ->
-again. Callers check a connection out for an inference; at most `max_waiting` callers wait for
-one, beyond that they get `Backpressure` at once instead of an unbounded queue.
+Each slot runs: choose a manager -> readiness gate -> connect -> auth -> serve -> classify the
+failure -> backoff -> again. Callers check a connection out for an inference; at most
+`max_waiting` callers wait for one, beyond that they get `Backpressure` at once instead of an
+unbounded queue.
+
+With several managers (TCM replicas, contract §14) each new connection goes to a live manager
+with the fewest connections, a failing manager is left alone for a while (`managers.py`), a
+draining one gets no new work, requests go to the managers in turn (or by the selection policy),
+a server created through one manager is routed to it, and once a manager is back, idle
+connections move to it until the spread is even again.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 
 import anyio
 
 from .. import wire
+from .._backend import clock
 from ..backoff import Backoff
 from ..errors import (
     AuthError,
@@ -36,10 +43,15 @@ from ..errors import (
 from ..protocol import ClientProtocol
 from ..readiness import ReadinessGate
 from ..transports import TransportFactory, TransportOptions
+from .affinity import Affinity
 from .deadlines import oneshot
+from .managers import Manager, Managers, ManagerStatus
 from .session import Session, UuidConflict, open_session
+from .settings import PoolSettings, PoolStats
+from .spread import Spread
 
 logger = logging.getLogger("anytcm.pool")
+
 
 # Network failures as the layers under a transport raise them (sockets and ssl.SSLError are
 # OSError; anyio's streams raise their own).
@@ -53,51 +65,25 @@ _NETWORK_ERRORS = (
 READY_POLL_INTERVAL = 0.25  # seconds between /ready checks while the manager answers 503
 
 
-@dataclass(frozen=True)
-class PoolSettings:
-    """What the pool needs to open connections; built by `anytcm.connect`."""
-
-    url: str
-    size: int
-    base_uuid: str
-    token: str | None = field(repr=False)  # a secret: never in a repr
-    capabilities: tuple[str, ...] | None
-    roles: tuple[str, ...] | None
-    max_waiting: int
-    connect_timeout: float
-    auth_timeout: float
-    ready_check: bool
-    stale_grace: float
-    drain_limit: float = 60.0  # longest wait for a quarantined session's other requests
-    backoff: Callable[[], Backoff] = field(default=Backoff)
-    # How the supervisor waits between attempts; injectable so tests need no clock.
-    sleep: Callable[[float], Awaitable[None]] = field(default=anyio.sleep)
-
-
 class _Handoff:
-    """A caller waiting for a free session: handed one, or told why there is none."""
+    """A caller waiting for a free session (of `manager`, if set): handed one, or told why
+    there is none."""
 
-    __slots__ = ("error", "session", "signal")
+    __slots__ = ("error", "manager", "session", "signal")
 
-    def __init__(self) -> None:
+    def __init__(self, manager: Manager | None) -> None:
         self.signal = oneshot()
+        self.manager = manager
         self.session: Session | None = None
         self.error: TcmError | None = None
 
 
-@dataclass
-class PoolStats:
-    """Counters of the pool's life, readable from the client."""
-
-    connects: int = 0
-    reconnects: int = 0
-    connect_failures: int = 0
-    stale_replies: int = 0
-    quarantined: int = 0
-
-
 class Pool:
-    """`size` supervised sessions. Run it with `await task_group.start(pool.run)`."""
+    """`size` supervised sessions. Run it with `await task_group.start(pool.run)`.
+
+    Create it inside the event loop: it keeps that loop's clock (`anytcm._backend.clock`), on
+    which every deadline it is given is an absolute time.
+    """
 
     def __init__(
         self,
@@ -105,13 +91,24 @@ class Pool:
         factory: TransportFactory,
         options: TransportOptions,
         on_unsolicited: Callable[[wire.ServerFrame], None],
-        gate: ReadinessGate | None,
+        gate: ReadinessGate | Mapping[str, ReadinessGate] | None,
     ) -> None:
         self.settings = settings
         self._factory = factory
         self._options = options
         self._on_unsolicited = on_unsolicited
-        self._gate = gate
+        urls = settings.all_urls
+        if gate is None or isinstance(gate, Mapping):
+            self._gates: Mapping[str, ReadinessGate] = dict(gate or {})
+        else:
+            self._gates = {urls[0]: gate}
+        self.managers = Managers(urls, settings.dead_time)
+        self._several = len(urls) > 1
+        self.selection = settings.selection()
+        # What was created through one manager, routed to it (contract §14).
+        self.affinity = Affinity(self.managers, enabled=self._several)
+        self._spread = Spread(self)
+        self._retired: set[Session] = set()  # closed to move to another manager, not failed
         self.sessions: list[Session] = []
         self._idle: deque[Session] = deque()
         self._waiters: deque[_Handoff] = deque()
@@ -125,6 +122,7 @@ class Pool:
         self._slot_connected: set[int] = set()
         self._task_group: anyio.abc.TaskGroup | None = None
         self.stats = PoolStats()
+        self.now = clock()
 
     # -- lifetime ------------------------------------------------------------------
 
@@ -137,12 +135,18 @@ class Pool:
             self._task_group = tg
             for slot in range(self.settings.size):
                 tg.start_soon(self._supervise, slot)
+            if self._several:
+                tg.start_soon(self._spread.run)
             with anyio.move_on_after(self.settings.connect_timeout):
                 await self._first_up.wait()
             if self._broken is not None:
                 failure = self._broken
             elif self._fatal is not None:
                 failure = self._fatal
+            elif not self._first_up.is_set() and self._several:
+                failure = self._spread.all_down(
+                    f"no connection to any manager within {self.settings.connect_timeout:g} s"
+                )
             elif not self._first_up.is_set():
                 failure = ConnectError(
                     f"no connection to {self.settings.url} within "
@@ -181,12 +185,21 @@ class Pool:
         generation = 0
         conflicted = False  # the previous attempt ended in a uuid conflict
         while not self._stopped():
+            manager = self.managers.place(self.now())
+            if manager is None:
+                # Every manager is being left alone for now: wait for the first one's trial.
+                await self.settings.sleep(
+                    max(0.01, self.managers.next_trial(self.now()) - self.now())
+                )
+                continue
             generation += 1
             uuid = f"{self.settings.base_uuid}-{slot}-{generation}"
             failure: BaseException | None = None
             retry_now = False
             try:
-                failure = await self._serve_one(uuid, backoff, slot)
+                failure = await self._serve_one(uuid, backoff, slot, manager)
+                if failure is _MOVED:
+                    continue  # closed to rebalance: straight to the emptiest manager
             except UuidConflict as exc:
                 # The next generation is a fresh uuid, so one conflict is retried at once; a
                 # second in a row means the uuids are not the problem (or the peer lies about
@@ -225,11 +238,20 @@ class Pool:
                 return
             conflicted = isinstance(failure, UuidConflict)
             self._last_failure = _without_tracebacks(failure)
-            if self._gate is not None:
-                self._gate.forget()
-            backoff.failed(anyio.current_time())
+            gate = self._gates.get(manager.url)
+            if gate is not None:
+                gate.forget()
+            backoff.failed(self.now())
             delay = 0.0 if retry_now else backoff.next_delay()
-            if isinstance(failure, ServerShutdown):
+            elsewhere = False
+            if self._several and failure is not None and not retry_now:
+                self._spread.mark(manager, failure)
+                elsewhere = self.managers.place(self.now()) is not None
+            if elsewhere:
+                # Another manager can take this connection now; this one waits out its dead
+                # time in `Managers`, not in this slot.
+                delay = 0.0
+            elif isinstance(failure, ServerShutdown):
                 # Stop-the-world: never a hot loop; the readiness gate then waits for /ready.
                 delay = max(delay, backoff.ceiling() / 2)
             elif isinstance(failure, NotReady) and failure.process_up:
@@ -248,10 +270,13 @@ class Pool:
             )
             await self.settings.sleep(delay)
 
-    async def _serve_one(self, uuid: str, backoff: Backoff, slot: int) -> ConnectionLost | None:
+    async def _serve_one(
+        self, uuid: str, backoff: Backoff, slot: int, manager: Manager
+    ) -> ConnectionLost | None:
         """One physical connection, from readiness check to its end."""
-        if self._gate is not None:
-            state = await self._gate.check()
+        gate = self._gates.get(manager.url)
+        if gate is not None:
+            state = await gate.check()
             if not state.ready:
                 raise state.as_error()
         protocol = ClientProtocol(
@@ -262,28 +287,42 @@ class Pool:
         )
         async with open_session(
             self._factory,
-            self.settings.url,
+            manager.url,
             self._options,
             protocol,
             on_unsolicited=self._on_unsolicited,
             auth_timeout=self.settings.auth_timeout,
         ) as session:
-            backoff.succeeded(anyio.current_time())
+            backoff.succeeded(self.now())
             if slot in self._slot_connected:
                 self.stats.reconnects += 1
             self._slot_connected.add(slot)
             self.stats.connects += 1
+            session.manager = manager
+            self.managers.connected(manager)
+            manager.connections += 1
             self._add(session)
             try:
                 await session.closed.wait()
             finally:
+                manager.connections -= 1
                 self._remove(session)
+        if session in self._retired:
+            self._retired.discard(session)
+            return _MOVED
         return session.close_error
 
     def _add(self, session: Session) -> None:
         self.sessions.append(session)
         self._first_up.set()
-        logger.info("connected %s (capabilities %s)", session.uuid, session.granted)
+        url = session.manager.url if session.manager is not None else self.settings.url
+        logger.info(
+            "connected %s to %s (capabilities %s)",
+            session.uuid,
+            url,
+            session.granted,
+            extra={"uuid": session.uuid, "manager": url},
+        )
         self.checkin(session)
         self._notify()
 
@@ -322,31 +361,40 @@ class Pool:
 
     # -- inference checkout ------------------------------------------------------------------
 
-    def take_idle(self) -> Session | None:
-        """An idle session free for one inference, or None if there is none right now.
-
-        Perf: the per-request path tries this before awaiting `checkout`, so a request that
-        finds a free connection creates no coroutine for it.
-        """
+    def _take_idle(self, manager: Manager | None = None) -> Session | None:
+        """An idle session free for one inference (of `manager`, if given), or None if there
+        is none right now."""
         self._check_usable()
         idle = self._idle
-        while idle:
-            session = idle.popleft()
-            if session.inference_usable:
-                return session
-        return None
+        if not self._several:
+            while idle:
+                session = idle.popleft()
+                if session.inference_usable:
+                    return session
+            return None
+        return self._spread.take_idle(idle, manager)
 
-    async def checkout(self, deadline: float) -> Session:
-        """A session free for one inference, waiting (bounded) for one to become free."""
+    def _timeout(self, message: str, deadline: float, manager: Manager | None) -> TcmError:
+        """What a caller whose deadline passed without a connection is told."""
+        if self._several:
+            down = self._spread.all_down(message, manager)
+            if down is not None:
+                return down
+        return RequestTimeout(message, timeout=max(0.0, deadline - self.now()))
+
+    async def checkout(self, deadline: float, manager: Manager | None = None) -> Session:
+        """A session free for one inference (to `manager`, if given), waiting (bounded) for
+        one to become free."""
         while True:
-            session = self.take_idle()
+            session = self._take_idle(manager)
             if session is not None:
                 return session
-            if anyio.current_time() >= deadline:
-                raise RequestTimeout(
+            if self.now() >= deadline:
+                raise self._timeout(
                     "no connection was free before the deadline "
                     f"({self.settings.size} connections, all busy or reconnecting)",
-                    timeout=0.0,
+                    deadline,
+                    manager,
                 )
             if len(self._waiters) >= self.settings.max_waiting:
                 raise Backpressure(
@@ -355,19 +403,20 @@ class Pool:
                     "raise pool_size/max_waiting",
                     code="CLIENT_POOL_EXHAUSTED",
                 )
-            waiter = _Handoff()
+            waiter = _Handoff(manager)
             self._waiters.append(waiter)
             try:
-                handed = await waiter.signal.wait(deadline - anyio.current_time())
+                handed = await waiter.signal.wait(deadline)
             except BaseException:
                 self._withdraw(waiter)
                 raise
             if not handed:
                 self._withdraw(waiter)
-                raise RequestTimeout(
+                raise self._timeout(
                     "no connection became free before the deadline "
                     f"({self.settings.size} connections, all busy or reconnecting)",
-                    timeout=max(0.0, deadline - anyio.current_time()),
+                    deadline,
+                    manager,
                 )
             if waiter.error is not None:
                 raise waiter.error
@@ -388,7 +437,18 @@ class Pool:
         if session.protocol.inference_abandoned:
             self._quarantine(session)
             return
-        if not session.inference_usable:
+        if not session.inference_usable or session.draining:
+            return
+        if self._several:
+            for waiter in list(self._waiters):
+                if waiter.manager is None or waiter.manager is session.manager:
+                    self._waiters.remove(waiter)
+                    if waiter.signal.is_set():
+                        continue  # gone (timed out, cancelled): the next one
+                    waiter.session = session
+                    waiter.signal.set()
+                    return
+            self._idle.append(session)
             return
         while self._waiters:
             waiter = self._waiters.popleft()
@@ -420,36 +480,84 @@ class Pool:
 
     # -- other requests ------------------------------------------------------------------
 
-    async def pick(self, ready: Callable[[Session], bool], deadline: float, what: str) -> Session:
-        """Any open session for which `ready` holds (round-robin), waiting until one is."""
+    async def pick(
+        self,
+        ready: Callable[[Session], bool],
+        deadline: float,
+        what: str,
+        manager: Manager | None = None,
+    ) -> Session:
+        """Any open session (of `manager`, if given) for which `ready` holds (round-robin),
+        waiting until one is."""
         while True:
             self._check_usable()
-            if anyio.current_time() >= deadline:
+            if self.now() >= deadline:
                 # Checked on every call, also when a session is free: a caller that loops
                 # (pick, send, not sent, pick) meets its deadline even if it never suspends.
-                raise RequestTimeout(
+                raise self._timeout(
                     f"no connection could take the {what} before the deadline "
                     f"(last failure: {self._last_failure})",
-                    timeout=0.0,
+                    deadline,
+                    manager,
                 )
-            candidates = [s for s in self.sessions if not s.ended and not s.draining and ready(s)]
+            candidates = [
+                s
+                for s in self.sessions
+                if not s.ended
+                and not s.draining
+                and (manager is None or s.manager is manager)
+                and ready(s)
+            ]
             if candidates:
                 self._rotation += 1
                 return candidates[self._rotation % len(candidates)]
             changed = self._changed
-            try:
-                with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
-                    await changed.wait()
-            except TimeoutError:
-                raise RequestTimeout(
+            with anyio.CancelScope(deadline=deadline) as scope:
+                await changed.wait()
+            if scope.cancelled_caught:
+                raise self._timeout(
                     f"no connection could take the {what} before the deadline "
                     f"(last failure: {self._last_failure})",
-                    timeout=max(0.0, deadline - anyio.current_time()),
-                ) from None
+                    deadline,
+                    manager,
+                )
 
     def slot_freed(self) -> None:
         """An info or management slot of some session is free again."""
         self._notify()
+
+    # -- several managers (see `spread.py`) ---------------------------------------------------
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def changed(self) -> None:
+        """Something waiters may be waiting for changed (a manager's state)."""
+        self._notify()
+
+    def gate_of(self, manager: Manager) -> ReadinessGate | None:
+        return self._gates.get(manager.url)
+
+    def retire_idle(self, manager: Manager) -> Session | None:
+        """Take an idle connection of `manager` out of service, to be closed and reopened on
+        another manager (not a failure: its slot reconnects at once)."""
+        for session in list(self._idle):
+            if session.manager is manager and session.inference_usable:
+                if session.has_pending_requests:
+                    continue
+                self._idle.remove(session)
+                session.draining = True
+                self._retired.add(session)
+                return session
+        return None
+
+    def statuses(self) -> tuple[ManagerStatus, ...]:
+        return self.managers.statuses(self.now())
+
+
+# What `_serve_one` returns for a connection the pool closed to move it: not a failure.
+_MOVED = ConnectionLost("moved to another manager to even the spread")
 
 
 def _without_tracebacks(error: BaseException | None) -> BaseException | None:

@@ -17,7 +17,7 @@ import anyio
 import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .. import wire
+from .. import _fast, wire
 from ..errors import (
     AuthError,
     Backpressure,
@@ -46,6 +46,7 @@ from ..protocol import (
 )
 from ..transports import MessageSink, Transport, TransportFactory, TransportOptions
 from .deadlines import Timers, new_timers
+from .managers import Manager
 
 logger = logging.getLogger("anytcm.session")
 
@@ -115,6 +116,8 @@ class Session:
         self.close_error: ConnectionLost | None = None
         self.stale_replies = 0
         self.draining = False  # takes no new requests; closed once the pending ones are done
+        # The manager this connection goes to, among the client's managers (set by the pool).
+        self.manager: Manager | None = None
 
     @property
     def uuid(self) -> str:
@@ -157,13 +160,14 @@ class Session:
     async def read_forever(self) -> None:
         """The reader task: runs until the connection ends, then fails whatever is pending.
 
-        When the transport can deliver messages to a handler (`MessageSink`), it does so and
-        this task only waits in `receive()` for the end (on asyncio each reply then wakes its
-        requester from the read callback; elsewhere from inside that `receive()`).
+        When the transport can deliver messages to a handler (`MessageSink`), a fast path, it
+        does so and this task only waits in `receive()` for the end (on asyncio each reply then
+        wakes its requester from the read callback; elsewhere from inside that `receive()`),
+        sparing a return to this loop per message.
         """
         transport = self._transport
         try:
-            if isinstance(transport, MessageSink):
+            if _fast.ENABLED and isinstance(transport, MessageSink):
                 transport.deliver_to(self._receive)
             while self.close_error is None:
                 self._receive(await transport.receive())
@@ -314,29 +318,30 @@ class Session:
                 raise  # the manager may have the frame: only the caller may decide to resend
             raise NotSent(f"not sent: {exc}", close_code=exc.close_code, reason=exc.reason) from exc
 
-    async def abort(self, reason: str) -> None:
+    async def abort(self, reason: str, code: int = 1011) -> None:
         """Give up on this connection (closing it fails everything pending)."""
         with anyio.CancelScope(shield=True):
-            await self._transport.aclose(1011, reason[:120])
+            await self._transport.aclose(code, reason[:120])
         if not self.closed.is_set():
             self._lose(
-                ConnectionLost(f"connection closed by the client: {reason}", close_code=1011)
+                ConnectionLost(f"connection closed by the client: {reason}", close_code=code)
             )
 
     async def _wait(
-        self, waiter: _Waiter, timeout: float, what: str, abandon: Callable[[], None]
+        self, waiter: _Waiter, deadline: float, what: str, abandon: Callable[[], None]
     ) -> Any:
         try:
-            answered = await waiter.signal.wait(timeout)
+            answered = await waiter.signal.wait(deadline)
         except BaseException:
             abandon()  # cancelled: the late answer must not reach the next request
             raise
         if not answered:
             abandon()
+            # No time left (`timeout=0.0`): the public call reports its own timeout.
             raise RequestTimeout(
-                f"no answer to the {what} within {timeout:g} s (the manager sends nothing for "
+                f"no answer to the {what} before its deadline (the manager sends nothing for "
                 "some failures); raise `timeout` if the work is legitimately slow",
-                timeout=timeout,
+                timeout=0.0,
             )
         if waiter.error is not None:
             raise waiter.error
@@ -345,16 +350,17 @@ class Session:
     # -- requests ------------------------------------------------------------------
 
     async def infer(
-        self, payload: wire.InferencePayload | msgspec.Raw, timeout: float, what: str = "inference"
+        self, payload: wire.InferencePayload | msgspec.Raw, deadline: float, what: str = "inference"
     ) -> InferenceCompleted:
-        """One HTTP-protocol inference (a single COMPLETED or FAILED frame)."""
+        """One HTTP-protocol inference (a single COMPLETED or FAILED frame), answered by
+        `deadline` (a time on the backend's clock)."""
         frame = self.protocol.send_inference(payload)
         waiter = _Waiter(self.timers)
         self._inference = waiter
         try:
             await self._send(frame)
             result: InferenceCompleted = await self._wait(
-                waiter, timeout, what, self._abandon_inference
+                waiter, deadline, what, self._abandon_inference
             )
             return result
         finally:
@@ -383,7 +389,7 @@ class Session:
             self._stream = None
         self._abandon_inference()
 
-    async def info(self, action: str, timeout: float) -> wire.InfoResponsePayload:
+    async def info(self, action: str, deadline: float) -> wire.InfoResponsePayload:
         job_id, frame = self.protocol.send_info(action)
         waiter = _Waiter(self.timers)
         self._info[job_id] = waiter
@@ -394,11 +400,11 @@ class Session:
 
         await self._send_or_abandon(frame, abandon)
         reply: wire.InfoResponsePayload = await self._wait(
-            waiter, timeout, f"info request {action!r}", abandon
+            waiter, deadline, f"info request {action!r}", abandon
         )
         return reply
 
-    async def management(self, payload: dict[str, Any], timeout: float) -> wire.ManagementResult:
+    async def management(self, payload: dict[str, Any], deadline: float) -> wire.ManagementResult:
         request_id, frame = self.protocol.send_management(payload)
         waiter = _Waiter(self.timers)
         self._management[request_id] = waiter
@@ -409,7 +415,7 @@ class Session:
 
         await self._send_or_abandon(frame, abandon)
         result: wire.ManagementResult = await self._wait(
-            waiter, timeout, f"management action {payload.get('action')!r}", abandon
+            waiter, deadline, f"management action {payload.get('action')!r}", abandon
         )
         return result
 

@@ -24,9 +24,9 @@ without the 64 KiB frame cap. The rules come from the real manager (contract §9
 Segments are made with ``os.open(O_CREAT | O_EXCL, 0o600)`` + ``ftruncate`` rather than
 `multiprocessing.shared_memory`, whose resource tracker warns about and unlinks segments a
 second time. The data is written with ``pwrite`` when the array is C-contiguous and native
-(the kernel fills the tmpfs pages directly: twice as fast as copying into a fresh ``mmap``,
-which page-faults every 4 KiB), else with one `numpy.copyto` into an ``mmap`` of the segment
-(strided or byte-swapped arrays, in a single pass).
+(the kernel fills the tmpfs pages directly, where a fresh ``mmap`` page-faults every 4 KiB),
+else with one `numpy.copyto` into an ``mmap`` of the segment (strided or byte-swapped arrays,
+in a single pass).
 
 While a segment lives, its creator holds a shared ``flock`` on it. `sweep_stale_segments`
 removes leftovers of crashed processes (``anytcm-<pid>-*`` whose pid is gone) only when
@@ -56,8 +56,8 @@ import numpy.typing as npt
 
 from .. import wire
 from ..errors import InvalidInput
-from ..tensors import _input_array, numpy_dtype, triton_datatype
-from . import CarrierContext, InputTensor, StagedInputs, is_granted
+from ..tensors import input_array, numpy_dtype, triton_datatype
+from . import SHM_CAPABILITY, CarrierContext, InputTensor, StagedInputs, is_granted
 
 __all__ = (
     "KEY_PREFIX",
@@ -74,14 +74,8 @@ SHM_DIR: Final = "/dev/shm"
 
 #: Inputs whose write costs at least this many bytes of ``pwrite`` run on a worker thread, not
 #: on the event loop (a strided or byte-swapped array, copied through an mmap, counts double).
-#: Measured (2-CPU VM, Python 3.11, numpy 2, tmpfs): `numpy.copyto` into a fresh mmap of the
-#: segment runs at ~1.1 GiB/s (page faults dominate): 64 KiB 0.06 ms, 256 KiB 0.23 ms,
-#: 1 MiB 0.83 ms, 16 MiB 14 ms, 64 MiB 58 ms; ``pwrite`` runs at ~2.3 GiB/s (1 MiB 0.40 ms,
-#: 16 MiB 6.4 ms, 64 MiB 28 ms). A hop through `anyio.to_thread.run_sync` costs ~0.08 ms
-#: (asyncio) to ~0.11 ms (trio). At 512 KiB the write blocks the loop for ~0.2 ms, two hops:
-#: below the line a hop would cost about as much as the write it moves (staging 256 KiB
-#: offloaded took 1.4x the inline time); above it the loop would stall for longer, and the hop
-#: is soon noise (~15 % at 1 MiB, <2 % at 16 MiB).
+#: Below it a thread hop costs about as much as the write it would move; above it the loop
+#: would stall for longer than a hop takes.
 THREAD_THRESHOLD_BYTES: Final = 512 * 1024
 #: BYTES tensors with more elements than this are serialised on a worker thread.
 _THREAD_THRESHOLD_ELEMENTS: Final = 4096
@@ -280,7 +274,7 @@ def _prepare(tensor: InputTensor) -> tuple[npt.NDArray[Any], str, list[int]]:
             given=name,
         )
     target = None if tensor.datatype is None else numpy_dtype(tensor.datatype)
-    array = _input_array(name, tensor.array, target)
+    array = input_array(name, tensor.array, target)
     datatype = triton_datatype(array)  # InvalidInput for complex, datetime, void, ...
     if array.ndim == 0:
         array = array.reshape(1)
@@ -294,7 +288,9 @@ class ShmCarrier:
     """Stages every input of a request in a fresh ``/dev/shm`` segment (see the module doc)."""
 
     name = "shm"
-    capability = "shm"
+    capability = SHM_CAPABILITY
+    auto_rank = 200  # after json: only what does not fit a frame is worth a segment
+    serves_streams = False  # the manager refuses SHM references in gRPC streams (contract §9)
 
     def unavailable_reason(self, context: CarrierContext) -> str | None:
         if not is_granted(self.capability, context):

@@ -1,8 +1,9 @@
 """The `anytcm` command line (also `python -m anytcm`): the argparse front.
 
-Each command lives in its own `_cli_<command>` module as a function of a `CliContext` (the
-global options) returning an exit code; this module only parses, dispatches, and turns
-expected failures into one line on stderr and the exit code `_cli_errors` assigns. Modules are
+Each command lives in its own module of this package (`_infer`, `_ready`...) as a function of
+a `CliContext` (the global options) returning an exit code; this module only parses,
+dispatches, and turns expected failures into one line on stderr and the exit code `_errors`
+assigns. Modules are
 imported when their command runs, so `anytcm --help` stays fast and the reference manager's
 dependencies are needed only by `demo` and `serve-dev`.
 
@@ -53,6 +54,27 @@ def _ws_url(text: str) -> str:
     return text
 
 
+def _ws_urls(text: str) -> list[str]:
+    """One `--url` value, or `$ANYTCM_URL`: one URL or several separated by commas (a TCM URL
+    has none of its own), each checked; blanks around them and empty items are ignored, so a
+    list built by a script with a trailing comma still reads."""
+    urls = [_ws_url(item) for item in (part.strip() for part in text.split(",")) if item]
+    if not urls:
+        raise argparse.ArgumentTypeError(f"no URL in {text!r}")
+    return urls
+
+
+def _distinct(urls: Sequence[str]) -> tuple[str, ...]:
+    """The managers, in order; one named twice is a mistake (it would get twice the share of
+    the connections), not something to fold silently."""
+    seen: set[str] = set()
+    for url in urls:
+        if url in seen:
+            raise argparse.ArgumentTypeError(f"{url} is given twice; name each manager once")
+        seen.add(url)
+    return tuple(urls)
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -93,11 +115,18 @@ def _add_global_options(parser: argparse.ArgumentParser, *, with_defaults: bool)
     group = parser.add_argument_group("global options")
     # --url and --token default to None and are resolved from the environment after parsing,
     # so that no parser (nor the generated CLI reference) ever holds the caller's token.
+    # A subcommand parses into a namespace of its own, which then overwrites the root's: URLs
+    # given after the command go to another attribute, so that `--url A ready --url B` keeps A.
     group.add_argument(
         "--url",
-        type=_ws_url,
+        type=_ws_urls,
+        action="extend",
+        dest="url" if with_defaults else "urls_after_command",
+        metavar="URL",
         default=default(None),
-        help=f"the manager's WebSocket URL (default: ${URL_VARIABLE}, else {DEFAULT_URL})",
+        help="a manager's WebSocket URL; repeat it (or separate URLs with commas) for several "
+        "managers, which the client treats as one service (default: "
+        f"${URL_VARIABLE}, comma-separated likewise, else {DEFAULT_URL})",
     )
     token = group.add_mutually_exclusive_group()
     token.add_argument(
@@ -163,9 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
         "start a local reference manager and run every carrier, a stream and queue_stats",
         "Start the reference manager (shared memory on; zstd when anytcm-zstd is installed), "
         "run the 'double' model through every carrier at 4 KiB and 1 MiB (json must refuse "
-        "1 MiB: over the 64 KiB frame cap), a stream and a queue_stats call, print a table "
-        "and stop the manager. Exit 0 when every check passes, 1 otherwise. Ignores --url and "
-        "--token: it talks to the manager it starts.",
+        "1 MiB: over the 64 KiB frame cap), a stream and a queue_stats call, then a failover "
+        "(one client over that manager and a second one, the second SIGKILLed between "
+        "inferences, which must all succeed), print a table and stop the managers. Exit 0 "
+        "when every check passes, 1 otherwise. Ignores --url and --token: it talks to the "
+        "managers it starts.",
     )
     demo.add_argument(
         "--rounds",
@@ -184,11 +215,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="run only this carrier (json, shm, zstd); repeatable (default: every one installed)",
     )
 
-    command(
+    ready = command(
         "ready",
-        "ask the manager's readiness probe (GET /ready)",
+        "ask the managers' readiness probe (GET /ready)",
         "GET /ready of the manager behind --url. Exit 0 ready, 1 not ready (it answered, e.g. "
-        "503 while starting or draining), 2 unreachable or bad usage.",
+        "503 while starting or draining), 2 unreachable or bad usage. With several managers "
+        "(--url repeated): one line (one JSON entry) per manager, asked at once; exit 0 when "
+        "every one is ready (with --any: at least one), else 1, or 2 when none answered.",
+    )
+    ready.add_argument(
+        "--any",
+        action="store_true",
+        help="with several managers: exit 0 when at least one is ready (the client can serve "
+        "through it) rather than when all are",
     )
 
     stats = command(
@@ -273,22 +312,46 @@ def build_parser() -> argparse.ArgumentParser:
     from ..testing._manager.main import build_parser as build_serve_parser
 
     build_serve_parser(serve)
+    serve.add_argument(
+        "--replicas",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="run N reference managers, each its own process with its own state, as TCM "
+        "replicas are; prints their URLs and the ANYTCM_URL to use, and stops them all on "
+        "Ctrl-C (SIGTERM drains them). With --port P they listen on P, P+1, ... P+N-1; with "
+        "--port 0 each on a free port. Not with --certfile (default 1: one manager, in this "
+        "process)",
+    )
     return parser
 
 
 def _context(args: argparse.Namespace) -> CliContext:
-    url = args.url or os.environ.get(URL_VARIABLE) or DEFAULT_URL
-    try:
-        _ws_url(url)
-    except argparse.ArgumentTypeError as exc:
-        raise UsageError(f"${URL_VARIABLE}: {exc}") from None
+    urls = _urls(args)
     return CliContext(
-        url=url,
+        url=urls[0],
+        urls=urls,
         token=_token(args),
         json=args.json,
         timeout=args.timeout,
         backend=args.backend,
     )
+
+
+def _urls(args: argparse.Namespace) -> tuple[str, ...]:
+    """--url (every one, before and after the command), else $ANYTCM_URL, else the default."""
+    given = [*(args.url or ()), *getattr(args, "urls_after_command", ())]
+    source = "--url"
+    if not given:
+        source = f"${URL_VARIABLE}"
+        try:
+            given = _ws_urls(os.environ.get(URL_VARIABLE) or DEFAULT_URL)
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(f"{source}: {exc}") from None
+    try:
+        return _distinct(given)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"{source}: {exc}") from None
 
 
 def _token(args: argparse.Namespace) -> str | None:
@@ -323,7 +386,7 @@ def _dispatch(args: argparse.Namespace, context: CliContext) -> int:
     if args.command == "ready":
         from ._ready import run_ready
 
-        return run_ready(context)
+        return run_ready(context, any_ready=args.any)
     if args.command == "queue-stats":
         from ._queue_stats import LoadOptions, run_queue_stats
 
@@ -380,6 +443,10 @@ def run(argv: Sequence[str] | None = None, *, keep_signal_handlers: bool = False
     exits must not turn into a KeyboardInterrupt traceback)."""
     args = build_parser().parse_args(argv)
     if args.command == "serve-dev":
+        if args.replicas > 1:
+            from ._serve import run_replicas
+
+            return run_replicas(args)
         from ..testing._manager.main import serve_from_arguments
 
         serve_from_arguments(args)

@@ -12,7 +12,7 @@ import importlib.util
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -29,6 +29,7 @@ if sys.version_info < (3, 11):
 
 if TYPE_CHECKING:
     from ..client import AsyncClient
+    from ..options import ConnectOptions
 
 _T = TypeVar("_T")
 
@@ -39,18 +40,39 @@ BACKENDS: Final = ("asyncio", "trio")
 
 @dataclass(frozen=True)
 class CliContext:
-    """The global options of one run. `token` is a secret: it never appears in a repr."""
+    """The global options of one run. `token` is a secret: it never appears in a repr.
+
+    `urls` are the managers (`--url` repeated, or `$ANYTCM_URL` with commas), in order; `url`
+    is the first of them, which is all there is to know when there is one. `urls` defaults to
+    `(url,)`, so a context built with one `url` is a one-manager context.
+    """
 
     url: str
     token: str | None = field(repr=False)
     json: bool = False
     timeout: float = DEFAULT_TIMEOUT
     backend: str = "asyncio"
+    urls: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if not self.urls:
+            object.__setattr__(self, "urls", (self.url,))  # frozen: the one place it is set
+        elif self.urls[0] != self.url:
+            raise ValueError(f"url must be urls[0], got {self.url!r} and {self.urls!r}")
         # Checked here, before a command starts anything (the demo's manager, a file read).
         if self.backend == "trio" and importlib.util.find_spec("trio") is None:
             raise UsageError('--backend trio needs trio: pip install "anytcm[trio]"')
+
+    @property
+    def where(self) -> str:
+        """The managers, for a message or a title: "ws://a:8000/ws" or "ws://a/ws, ws://b/ws"."""
+        return ", ".join(self.urls)
+
+    @property
+    def connect_url(self) -> str | list[str]:
+        """What `anytcm.connect` is given: the plain string for one manager, as before several
+        were possible, else the list (each URL its own manager)."""
+        return self.url if len(self.urls) == 1 else list(self.urls)
 
     def run(self, func: Callable[..., Awaitable[_T]], *args: Any) -> _T:
         """Run `func(*args)` on the chosen backend; a single failure comes out ungrouped.
@@ -90,50 +112,90 @@ class CliContext:
             raise Interrupted(SIGNALS.received or signal.SIGINT)
         return outcome[0]
 
-    async def readiness(self) -> ReadyState:
-        """One `GET /ready` of the manager behind `url` (never raises for network failures)."""
-        gate = ReadinessGate(self.url, timeout=self.timeout)
+    async def readiness(self, url: str | None = None) -> ReadyState:
+        """One `GET /ready` of the manager at `url` (default: the first manager); never raises
+        for network failures."""
+        gate = ReadinessGate(url or self.url, timeout=self.timeout)
         try:
             return await gate.check()
         finally:
             await gate.aclose()
 
+    async def readiness_of_all(self) -> list[ReadyState]:
+        """`GET /ready` of every manager at once (a dead one costs one timeout, not one each);
+        the answers are in the order of `urls`."""
+        states: list[ReadyState | None] = [None] * len(self.urls)
+
+        async def ask(index: int) -> None:
+            states[index] = await self.readiness(self.urls[index])
+
+        async with anyio.create_task_group() as group:
+            for index in range(len(self.urls)):
+                group.start_soon(ask, index)
+        return [state for state in states if state is not None]
+
+    async def _until_one_answers(self) -> list[ReadyState] | None:
+        """Ask every manager's `/ready` at once and return as soon as one answers (ready or
+        not: the client waits for readiness itself), so that a frozen manager does not hold
+        the command for a whole timeout. None when one answered; else every failure, in the
+        order of `urls`."""
+        failures: dict[str, ReadyState] = {}
+
+        async def ask(url: str, scope: anyio.CancelScope) -> None:
+            state = await self.readiness(url)
+            if state.status_code is None:
+                failures[url] = state
+            else:
+                scope.cancel()
+
+        async with anyio.create_task_group() as group:
+            for url in self.urls:
+                group.start_soon(ask, url, group.cancel_scope)
+        if len(failures) < len(self.urls):
+            return None
+        return [failures[url] for url in self.urls]
+
+    def connect_options(self, *, pool_size: int = 1) -> ConnectOptions:
+        """The options of `anytcm.connect` that the global options set: `--timeout` bounds
+        connecting as well as each call. With several managers the pool has at least one
+        connection per manager, which the client requires."""
+        return {
+            "token": self.token,
+            "pool_size": max(pool_size, len(self.urls)),
+            "timeout": self.timeout,
+            "connect_timeout": self.timeout,
+        }
+
     @asynccontextmanager
     async def client(self, *, pool_size: int = 1) -> AsyncIterator[AsyncClient]:
-        """`anytcm.connect` with the global options.
+        """`anytcm.connect` with the global options (`connect_options`).
 
         `/ready` is asked once first: when nothing answers at all, waiting `timeout` seconds
-        for a connection that cannot come only delays the one useful message.
+        for a connection that cannot come only delays the one useful message. With several
+        managers the command goes ahead when any of them answers: the client spreads its
+        connections over those that are up and keeps retrying the others.
         """
         from ..client import connect
 
-        state = await self.readiness()
-        if state.status_code is None:
-            raise ConnectError(unreachable_message(self.url, state))
-        async with connect(
-            self.url,
-            token=self.token,
-            pool_size=pool_size,
-            timeout=self.timeout,
-            connect_timeout=self.timeout,
-        ) as client:
+        states = await self._until_one_answers()
+        if states is not None:
+            raise ConnectError(unreachable_message_all(self.urls, states))
+        options = self.connect_options(pool_size=pool_size)
+        async with connect(self.connect_url, **options) as client:
             yield client
 
 
 def _thread_safe_caller() -> Callable[[Callable[[], object]], object]:
-    """How to schedule a callback on the running loop from a signal handler.
-
-    The backend is told by asking asyncio for a running loop (anyio's two backends: asyncio,
-    else trio), not by sniffio, which is not among anytcm's dependencies.
-    """
+    """How to schedule a callback on the running loop (asyncio or trio) from a signal handler."""
     import asyncio
 
-    try:
-        return asyncio.get_running_loop().call_soon_threadsafe
-    except RuntimeError:
+    from .._backend import current_backend
+
+    if current_backend() == "trio":
         import trio
 
         return trio.lowlevel.current_trio_token().run_sync_soon  # documented signal-safe
+    return asyncio.get_running_loop().call_soon_threadsafe
 
 
 class SignalHandling:
@@ -211,4 +273,18 @@ def unreachable_message(url: str, state: ReadyState) -> str:
     return (
         f"cannot reach a manager at {url} ({cause}); is it running? `anytcm serve-dev` "
         "starts a local one; --url (or $ANYTCM_URL) points elsewhere"
+    )
+
+
+def unreachable_message_all(urls: Sequence[str], states: Sequence[ReadyState]) -> str:
+    """Why no manager answered: `unreachable_message` for one, each one's cause for several."""
+    if len(urls) == 1:
+        return unreachable_message(urls[0], states[0])
+    causes = "; ".join(
+        f"{url} ({state.detail.rsplit(' <- ', 1)[-1]})"
+        for url, state in zip(urls, states, strict=True)
+    )
+    return (
+        f"cannot reach any of {len(urls)} managers: {causes}; are they running? `anytcm "
+        "serve-dev --replicas N` starts N local ones; --url (or $ANYTCM_URL) points elsewhere"
     )

@@ -7,12 +7,18 @@ which JSON carries, and 1 MiB, which no JSON frame can (the manager's cap is 64 
 row at 1 MiB shows the client refusing it *before sending* (`PayloadTooLarge`): that refusal is
 the expected result, and the table says so. A stream and a queue_stats call complete the tour.
 
+The last row is a failover: a second reference manager starts beside the first (at the same
+time, so it costs no extra wait), one client connects to both URLs with a connection to each,
+runs a few inferences over the two, then the second manager is SIGKILLed and the client must
+answer every following inference from the survivor. TCM runs as replicas (contract §14); this is
+the row that shows the client treating several managers as one service.
+
 Every row checks its answer (twice the input, the stream's chunks in order, the stats), and the
 exit code is 1 if any check fails, so the demo doubles as an installation smoke test.
 
-Cleanup is not optional: the manager is stopped in a `finally` that also runs on Ctrl-C
-(even during its start-up), and shared-memory segments are released by the client after each
-request, on error and on cancellation. The manager also exits by itself if this process dies
+Cleanup is not optional: the managers are stopped in a `finally` that also runs on Ctrl-C
+(even during their start-up), and shared-memory segments are released by the client after each
+request, on error and on cancellation. The managers also exit by themselves if this process dies
 (`--exit-with-parent`).
 """
 
@@ -38,11 +44,15 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from ..client import AsyncClient
+    from ..testing import ReferenceCluster
 
 TARGET: Final = Target("127.0.0.1", "ref-0")  # the reference manager's registered target
 SIZES: Final = (1024, 256 * 1024)  # FP32 elements: 4 KiB (JSON fits) and 1 MiB (it cannot)
 STREAM_TEXT: Final = ("alpha", "beta", "gamma")
 FRAME_CAP: Final = 65536
+#: The failover row: calls spread over both managers, then calls after one was SIGKILLed.
+FAILOVER_BEFORE: Final = 10
+FAILOVER_AFTER: Final = 20
 
 
 @dataclass(frozen=True)
@@ -77,7 +87,7 @@ def demo_tensor(elements: int) -> npt.NDArray[np.float32]:
 
 def run_demo(context: CliContext, *, rounds: int, port: int, only: Sequence[str] = ()) -> int:
     """Run the demo; `only` limits it to these carriers (default: every one available)."""
-    from ..testing import ReferenceManager, ReferenceManagerError
+    from ..testing import ReferenceCluster, ReferenceManagerError
 
     carriers = demo_carriers()
     unknown = [name for name in only if name not in carriers]
@@ -90,11 +100,14 @@ def run_demo(context: CliContext, *, rounds: int, port: int, only: Sequence[str]
         carriers = [name for name in carriers if name in only]
     out = None if context.json else console()  # no rich: say so before starting anything
     extra_args = ["--capability", "zstd"] if "zstd" in carriers else []
-    manager = ReferenceManager(port=port, extra_args=extra_args)
+    # The demo's manager, and a second one for the failover row, started together.
+    cluster = ReferenceCluster(2, extra_args=extra_args)
+    manager, second = cluster[0], cluster[1]
+    manager.port = port  # --port is the first one's; the second takes a free port
     try:
         try:
-            manager.start()
-        except ReferenceManagerError as exc:
+            cluster.start()
+        except (ReferenceManagerError, OSError) as exc:
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
             last = lines[-1] if lines else "no output"
             if "anytcm[testing]" in last:  # the server's own hint: a missing dependency
@@ -102,17 +115,22 @@ def run_demo(context: CliContext, *, rounds: int, port: int, only: Sequence[str]
                 raise CliError(message, exit_code=EXIT_USAGE) from None
             raise CliError(f"the reference manager did not start: {last}") from None
         if out is not None:
-            out.print(f"anytcm demo: reference manager on {manager.ws_url} (pid {manager.pid})")
-        granted, rows = context.run(_exercise, context, manager.ws_url, carriers, rounds)
-        pid = manager.pid
+            out.print(
+                f"anytcm demo: reference manager on {manager.ws_url} (pid {manager.pid}), "
+                f"and {second.ws_url} (pid {second.pid}) for the failover row",
+                soft_wrap=True,  # one line whatever the terminal's width: scripts read it
+            )
+        pid, second_pid = manager.pid, second.pid
+        granted, rows = context.run(_exercise, context, cluster, carriers, rounds)
     finally:
-        manager.stop()
+        cluster.stop()
     passed = all(row.ok for row in rows)
     if context.json:
         print_json(
             {
                 "ok": passed,
                 "manager": {"url": manager.ws_url, "pid": pid, "granted": granted},
+                "second_manager": {"url": second.ws_url, "pid": second_pid},
                 "rounds": rounds,
                 "rows": [row.as_json() for row in rows],
             }
@@ -155,21 +173,28 @@ def _print_rows(
             "json refuses 1 MiB before sending (over the manager's 64 KiB frame cap): "
             "that refusal is the expected result."
         )
+    out.print(
+        f"failover: one client over two managers; after {FAILOVER_BEFORE} calls over both, "
+        f"the second is SIGKILLed and {FAILOVER_AFTER} more must all succeed (latency: their "
+        "median)."
+    )
 
 
 async def _exercise(
-    context: CliContext, url: str, carriers: list[str], rounds: int
+    context: CliContext, cluster: ReferenceCluster, carriers: list[str], rounds: int
 ) -> tuple[list[str], list[DemoRow]]:
     from ..client import connect
 
     rows: list[DemoRow] = []
-    async with connect(url, pool_size=1, timeout=context.timeout) as client:
+    async with connect(cluster[0].ws_url, pool_size=1, timeout=context.timeout) as client:
         granted = list(client.granted_capabilities or ())
         for carrier in carriers:
             for elements in SIZES:
                 rows.append(await _infer_row(client, carrier, elements, rounds))
         rows.append(await _stream_row(client, rounds))
         rows.append(await _queue_stats_row(client, rounds))
+    # Last: it kills the second manager (the first one, which served the rows above, lives).
+    rows.append(await _failover_row(cluster.urls, cluster[1].kill, carriers[0], context.timeout))
     return granted, rows
 
 
@@ -253,3 +278,95 @@ async def _queue_stats_row(client: AsyncClient, rounds: int) -> DemoRow:
     except TcmError as exc:
         return replace(row, note=describe(exc))
     return replace(row, latency=latency, ok=problem is None, note=problem or "this client counted")
+
+
+async def _failover_row(
+    urls: Sequence[str], kill: Callable[[], None], carrier: str, timeout: float
+) -> DemoRow:
+    """One client over every manager of `urls`: calls spread over them, then `kill()` (a
+    SIGKILL of the last one), then calls that must all succeed on the survivors.
+
+    The client connects with one connection per manager and the row waits until each has
+    its connection, so that the calls before the kill really use both and the kill really
+    breaks a connection the client holds (the note says how the calls were spread)."""
+    import anyio
+
+    from ..client import connect
+
+    x = demo_tensor(SIZES[0])
+    expected = x * np.float32(2)
+    row = DemoRow("failover", carrier, format_bytes(x.nbytes), None, False)
+
+    async def call() -> str | None:
+        try:
+            result = await client.infer(
+                "double",
+                {"INPUT0": x},
+                target=TARGET,
+                carrier=carrier,
+                output_dtypes={"OUTPUT0": np.float32},
+            )
+        except TcmError as exc:
+            return describe(exc)
+        return None if np.array_equal(result.as_numpy("OUTPUT0"), expected) else "wrong result"
+
+    problems: list[str] = []
+
+    async def worker(calls: int) -> None:
+        for _ in range(calls):
+            problem = await call()
+            if problem is not None:
+                problems.append(problem)
+
+    try:
+        async with connect(list(urls), pool_size=len(urls), timeout=timeout) as client:
+            if not await _connected_to_all(client, timeout):
+                return replace(row, note=f"not connected to all {len(urls)} managers")
+            # One worker per manager: calls in flight on every connection at once.
+            async with anyio.create_task_group() as group:
+                for _ in urls:
+                    group.start_soon(worker, FAILOVER_BEFORE // len(urls))
+            if problems:
+                return replace(row, note=f"before the kill: {problems[0]}")
+            spread = "+".join(str(m.requests) for m in client.managers())
+            await anyio.to_thread.run_sync(kill)
+            killed = time.perf_counter()
+            first_answer: float | None = None
+            latencies: list[float] = []
+            for _ in range(FAILOVER_AFTER):
+                started = time.perf_counter()
+                problem = await call()
+                if problem is not None:
+                    problems.append(problem)
+                    continue
+                latencies.append(time.perf_counter() - started)
+                if first_answer is None:
+                    first_answer = time.perf_counter() - killed
+    except TcmError as exc:
+        return replace(row, note=describe(exc))
+    succeeded = len(latencies)
+    note = (
+        f"{len(urls)} managers ({spread} calls), one SIGKILLed: {succeeded}/{FAILOVER_AFTER} ok"
+        + (f", the first {format_ms(first_answer)} after" if first_answer is not None else "")
+        + (f"; first failure: {problems[0]}" if problems else "")
+    )
+    return replace(
+        row,
+        latency=statistics.median(latencies) if latencies else None,
+        ok=not problems,
+        note=note,
+    )
+
+
+async def _connected_to_all(client: AsyncClient, timeout: float) -> bool:
+    """Wait (at most `timeout` s) until the client holds a connection to every manager:
+    `connect` returns with the first one, the others open in the background."""
+    import anyio
+
+    with anyio.move_on_after(timeout):
+        # The client has no event for "a connection to each manager": it is not a state
+        # anything but this demo waits for.
+        while not all(m.connections for m in client.managers()):  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+        return True
+    return False

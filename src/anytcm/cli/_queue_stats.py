@@ -44,7 +44,9 @@ def _once(context: CliContext) -> int:
         print_json(values)
     else:
         print_table(
-            f"queue stats of {context.url}:",
+            f"queue stats of {context.url}:"
+            if len(context.urls) == 1
+            else f"queue stats of one of {context.where}:",
             [("stat", "left"), ("value", "right")],
             [(name, str(value)) for name, value in values.items()],
         )
@@ -101,7 +103,7 @@ def _print_report(
         rows += [(f"errors: {name}", str(count)) for name, count in result.errors.items()]
         title = "interrupted: partial " if interrupted else ""
         print_table(
-            f"{title}queue_stats load on {context.url}:",
+            f"{title}queue_stats load on {context.where}:",
             [("", "left"), ("", "right")],
             rows,
             out=out,

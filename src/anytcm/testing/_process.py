@@ -237,7 +237,9 @@ class ReferenceManager:
         return values
 
     def _verify(self) -> ssl.SSLContext | bool:
-        if self.tls is None or self.ca_file is None:
+        if self.tls is None:
+            return False  # plain http: nothing to verify, and no SSL context built per call
+        if self.ca_file is None:
             return True
         return ssl.create_default_context(cafile=self.ca_file)
 

@@ -47,12 +47,14 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 import pytest
 
 import anytcm
 from anytcm.carrier import Carrier, CarrierContext, InputTensor, StagedInputs
+from anytcm.carriers import carrier_traits
 from anytcm.errors import CarrierError, InferenceFailed, InvalidInput
 from anytcm.plugins import load_carrier, register_carrier, unregister_carrier
 from anytcm.results import Target, Tensor
@@ -258,6 +260,53 @@ class CarrierConformance:
             reason = carrier.unavailable_reason(denied)
             assert isinstance(reason, str), f"usable with granted={granted}?"
             assert reason.strip()
+
+    # -- the optional members (`anytcm.carriers.Carrier`) ----------------------------------------
+
+    def test_optional_members(self, carrier: Carrier) -> None:
+        """Declared with the right types (a carrier declaring none passes with the defaults)."""
+        traits = carrier_traits(carrier)  # TypeError, naming the member, for a wrong type
+        if traits.serves_streams:
+            assert traits.encode_item is not None
+
+    @pytest.mark.anyio
+    async def test_encode_item_gives_what_stage_gives(self, carrier: Carrier, clean: None) -> None:
+        """Streams, pipelines and the inline fast path send `encode_item`'s bytes instead of
+        staging: they must be the very items `stage` makes."""
+        encode = carrier_traits(carrier).encode_item
+        if encode is None:
+            pytest.skip("the carrier has no encode_item")
+        for datatype in [*NUMERIC_DATATYPES, "BYTES"]:
+            inputs = [
+                InputTensor(f"x{i}", sample(datatype, shape), given)
+                for i, shape in enumerate(SHAPES)
+                for given in (None, datatype)
+            ]
+            staged = await carrier.stage(inputs)
+            try:
+                expected = [msgspec.json.encode(item) for item in staged.items]
+            finally:
+                staged.release()
+            assert [encode(t.name, t.array, t.datatype) for t in inputs] == expected, datatype
+
+    @pytest.mark.anyio
+    async def test_min_item_bytes_is_a_lower_bound(self, carrier: Carrier, clean: None) -> None:
+        """The client skips a carrier on this estimate: above the true size it would skip one
+        that fits."""
+        estimate = carrier_traits(carrier).min_item_bytes
+        if estimate is None:
+            pytest.skip("the carrier has no min_item_bytes")
+        cases = [[InputTensor("x", sample(dt, shape))] for dt in ("BOOL", "INT8", "FP64", "BYTES")
+                 for shape in (*SHAPES, *EMPTY_SHAPES[:1], (64, 64))]  # fmt: skip
+        cases.append([InputTensor(f"x{i}", sample("UINT8", (i + 1,))) for i in range(8)])
+        for inputs in cases:
+            staged = await carrier.stage(inputs)
+            try:
+                size = sum(len(msgspec.json.encode(item)) for item in staged.items)
+            finally:
+                staged.release()
+            bound = estimate(inputs)
+            assert 0 <= bound <= size, f"{inputs[0].array.dtype} {inputs[0].array.shape}"
 
     # -- round trips through the reference manager -------------------------------------------
 

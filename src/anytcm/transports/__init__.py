@@ -182,7 +182,8 @@ class MessageSink(Protocol):
     it returns True, messages already received are handed over first, and `receive()` returns
     no more messages: it waits until the connection ends and raises `ConnectionLost` as usual.
     The handler may run outside any task or in the task inside `receive()`: either way it must
-    not block or await.
+    not block or await. It is a fast path: with `ANYTCM_NO_FAST_PATHS=1` the session never
+    calls `deliver_to` and reads every message through `receive()`.
     """
 
     def deliver_to(self, handler: Callable[[bytes], None]) -> bool:

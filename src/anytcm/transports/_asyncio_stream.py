@@ -1,8 +1,8 @@
 """A plain-TCP `anyio.abc.ByteStream` built on an asyncio `Protocol`, for the asyncio backend.
 
-Why not anyio's own socket stream: on asyncio it resumes reading before every `receive()` that
-has to wait and pauses it again afterwards, which is two `epoll_ctl` system calls and selector
-bookkeeping per message (~30 µs of a ~250 µs request in `benchmarks/profile_client.py`). A TCM
+A fast path (`anytcm._fast`; the general path is anyio's own socket stream). Why: on asyncio
+anyio's stream resumes reading before every `receive()` that has to wait and pauses it again
+afterwards, which is two `epoll_ctl` system calls and selector bookkeeping per message. A TCM
 connection has exactly one reader that is always waiting, so here reading stays on and flow
 control only kicks in when unread bytes pile up beyond `_HIGH_WATER` (a reader that stopped
 reading), as asyncio's own streams do.

@@ -1,9 +1,8 @@
 """A plain-TCP `anyio.abc.SocketStream` on a stdlib socket and trio's I/O waits, for trio.
 
-Why not anyio's own socket stream (anyio's `SocketStream` over `trio.socket`): trio's socket
-layer is built for any number of readers and writers and for calls that usually succeed at once,
-and a TCM connection is the opposite case. Per small request, in
-`benchmarks/profile_client.py --backend trio` it cost ~20% of the client's CPU:
+A fast path (`anytcm._fast`; the general path is anyio's `SocketStream` over `trio.socket`).
+Why: trio's socket layer is built for any number of readers and writers and for calls that
+usually succeed at once, and a TCM connection is the opposite case. Per small request:
 
 * every `receive()` first tries `recv`, which fails with EAGAIN because the reply is not there
   yet (one wasted system call), then waits for the socket and calls `recv` again;
@@ -12,14 +11,12 @@ and a TCM connection is the opposite case. Per small request, in
 
 Here the one reader waits first (`trio.lowlevel.wait_readable`, a checkpoint) and then reads,
 and `send` writes straight away, waiting (`wait_writable`) only when the kernel buffer is full.
-Client CPU per small request, 5000 requests, 2 noisy cores: 0.296-0.369 ms before, 0.24-0.25
-ms after (see the commit that added this module for the exact runs).
 
 `send` is therefore not a checkpoint when everything goes out at once (as with the asyncio
 stream); the transport checks for cancellation before writing and always receives afterwards.
 
 Connecting still goes through `anyio.connect_tcp` (name resolution, happy eyeballs and the
-`OSError` it raises, which `_ws_transport` turns into `ConnectError`); the connected socket is
+`OSError` it raises, which `_opening` turns into `ConnectError`); the connected socket is
 then taken over. Only plain TCP goes through here; TLS keeps anyio's stream. The stream raises
 the exceptions anyio's trio stream raises (`EndOfStream`, `BrokenResourceError`,
 `ClosedResourceError`, `BusyResourceError`), so the transport above cannot tell them apart.
@@ -68,7 +65,7 @@ class TrioSocketStream(anyio.abc.SocketStream):
             while True:
                 if self._closed:
                     raise anyio.ClosedResourceError
-                # Perf: wait first. The reader is nearly always ahead of the data, so trying
+                # Wait first: the reader is nearly always ahead of the data, so trying
                 # `recv` first would fail with EAGAIN every time.
                 try:
                     await _wait_readable(self._fd)
@@ -96,7 +93,7 @@ class TrioSocketStream(anyio.abc.SocketStream):
             raise anyio.BusyResourceError("writing to")
         if self._closed:
             raise anyio.ClosedResourceError
-        # Perf: write at once; only a full kernel buffer makes this wait (and checkpoint).
+        # Write at once; only a full kernel buffer makes this wait (and checkpoint).
         try:
             sent = self._sock.send(item)
         except BlockingIOError:

@@ -5,9 +5,7 @@ Why this combination:
 * **anyio streams** give one code path for asyncio and trio. websockets' own asyncio and trio
   connections are two separate implementations, and trio-websocket runs on trio only.
 * **websockets' sans-IO engine** is the fastest pure-Python frame parser at hand (its C
-  `speedups` module masks payloads). Measured on loopback, one client (design.md): ~720 MB/s for
-  1 MiB messages and ~8.6k sequential round trips/s on trio, against ~67 MB/s and ~4.3k/s for
-  trio-websocket.
+  `speedups` module masks payloads); see design.md for how it compares with trio-websocket.
 * **No reader task.** The session already owns a reader task that calls `receive()`; running a
   second one here would cost a task switch and a queue hop per message. `receive()` reads the
   socket itself, feeds the protocol and returns the next text message. Control frames are handled
@@ -16,24 +14,24 @@ Why this combination:
   `receive()`.
 * **Messages by callback** (`deliver_to`, see `anytcm.transport.MessageSink`): on the native
   asyncio stream, frames are parsed in the event loop's read callback and each text message is
-  handed to the session there, so the requester wakes in the same loop pass as the read.
-  `receive()` then only waits for the end. Measured on the small sequential request of
-  `benchmarks/profile_client.py`: one `epoll_wait`, one task step and one future per reply
-  fewer. Replies the protocol queues there (pongs, the close echo) are written at once: the
-  asyncio stream writes each frame whole, so they cannot split a frame another task is sending.
-  On the other streams (trio, TLS) the reading task hands each message over from inside
-  `receive()`, which it then leaves only when the connection ends.
+  handed to the session there, so the requester wakes in the same loop pass as the read, with
+  no task step in between; `receive()` then only waits for the end. Replies the protocol queues
+  there (pongs, the close echo) are written at once: the asyncio stream writes each frame
+  whole, so they cannot split a frame another task is sending. On the other streams (trio, TLS,
+  anyio's) the reading task hands each message over from inside `receive()`, which it then
+  leaves only when the connection ends.
 
 Concurrency: `send_text` may be called from several tasks; the protocol mutation and the stream
-write happen together under one send guard (`_SendGuard`, a lock), and replies the protocol
-queues while receiving (pongs, the close echo) are written under the same guard. A write
-cancelled part-way (possible when the socket buffer is full) would leave half a frame on the
-wire, so it ends the connection rather than corrupting the next frame. A write blocked on a
-stalled peer is ended by the keepalive or by `aclose`, which close the socket.
+write happen together under one send lock, and replies the protocol queues while receiving
+(pongs, the close echo) are written under the same lock. A write cancelled
+part-way (possible when the socket buffer is full) would leave half a frame on the wire, so it
+ends the connection rather than corrupting the next frame. A write blocked on a stalled peer is
+ended by the keepalive or by `aclose`, which close the socket.
 
-Errors are translated here: `ConnectError`/`HandshakeRejected` while opening, `ConnectionLost`
-(close code and reason; 1006 when no close frame came) once open. The connection's context
-manager owns the keepalive task and never lets an ExceptionGroup or a task escape.
+Errors are translated here and in `_opening`: `ConnectError`/`HandshakeRejected` while opening,
+`ConnectionLost` (close code and reason; 1006 when no close frame came) once open. The
+connection's context manager owns the keepalive task and never lets an ExceptionGroup or a task
+escape.
 
 Text payloads are returned as received, without UTF-8 validation: the JSON decoder above
 validates them anyway, and decoding twice would cost a pass over every message.
@@ -41,52 +39,42 @@ validates them anyway, and decoding twice would cost a pass over every message.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import ssl
 import struct
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, NoReturn, cast
-from urllib.parse import urlsplit
+from typing import NoReturn, cast
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 from websockets.client import ClientProtocol
-from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
-from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
-from websockets.uri import WebSocketURI, parse_uri
 
-from ..errors import ConnectError, ConnectionLost, HandshakeRejected, permanent_http_status
+from ..errors import ConnectionLost
 from . import (
     Transport,
     TransportOptions,
     _asyncio_stream,
     collapse_exception_group,
     connection_lost,
-    tls_connect_error,
 )
-from ._log_redaction import FRAME_LOGGER
+from ._opening import HANDSHAKE_READ_SIZE, open_websocket, parse_url
 
 if sys.version_info < (3, 11):  # pragma: no cover - exercised on 3.10 only
     # anyio depends on the backport below 3.11.
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found, unused-ignore]
 
-if TYPE_CHECKING:
-    from websockets.extensions.base import ClientExtensionFactory
-
 __all__ = ("WebsocketsTransport", "WebsocketsTransportFactory")
 
-# Perf: one large read per wake-up; a typical reply arrives in one read and parses in one
+# One large read per wake-up: a typical reply arrives in one read and parses in one
 # `receive_data` call. A read that fills its buffer means more is waiting (a multi-MB reply):
 # the next read asks for 4x as much, up to _READ_MAX, so such a reply takes a few reads and
 # scheduler passes rather than one per 64 KiB; a read that does not fill it starts over.
-_READ_SIZE = 65536
+_READ_SIZE = HANDSHAKE_READ_SIZE
 _READ_MAX = 1 << 20
 
 # Module-level aliases: identity comparisons against locals are the cheapest dispatch.
@@ -104,76 +92,14 @@ _PING_TIMEOUT = (1011, "keepalive ping timeout")
 _STREAM_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 
 
-def _cancellation_check() -> Callable[[], Awaitable[None]]:
-    """The running backend's `checkpoint_if_cancelled`; call it inside the event loop.
+def new_send_lock() -> anyio.Lock:
+    """The lock of a connection's writers: first come, first served.
 
-    Perf: anyio's looks the backend up (sniffio) on every call; on trio it then calls trio's
-    own, so the transport keeps trio's (~2% of a small request's instructions on trio). On
-    asyncio anyio's is the only public way to see anyio's cancel scopes, so it stays.
+    Writers are nearly never contended, so a free lock is taken without a pass through the
+    event loop (`fast_acquire`, and `acquire_nowait` in `send_text`): `_write` checks for
+    cancellation itself before any byte leaves.
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        import trio
-
-        return trio.lowlevel.checkpoint_if_cancelled
-    return anyio.lowlevel.checkpoint_if_cancelled
-
-
-class _SendGuard:
-    """Mutual exclusion of writers, first come first served: `async with guard:`, or on the
-    per-request path `take()` (and `wait_turn()` if it fails), then `release()`.
-
-    Perf: `anyio.Lock` checks for cancellation and tracks its owning task on every acquire
-    (two task lookups per send, ~3% of a small request's client CPU on both backends). Writers
-    here are nearly never contended, and `_write` checks for cancellation itself before any byte
-    leaves, so an uncontended acquire is a flag. A contended one waits on its own event and is
-    handed the guard by the releasing writer; a writer cancelled while waiting passes on a
-    guard handed to it meanwhile, so the guard is never lost.
-    """
-
-    __slots__ = ("_busy", "_waiters")
-
-    def __init__(self) -> None:
-        self._busy = False
-        self._waiters: deque[anyio.Event] = deque()
-
-    def take(self) -> bool:
-        """Take the guard if it is free, without awaiting; False when a writer holds it.
-
-        Perf: the per-request send path calls this, and awaits `wait_turn` only when it
-        returns False, so an uncontended send creates no coroutine for the guard.
-        """
-        if self._busy:
-            return False
-        self._busy = True
-        return True
-
-    async def __aenter__(self) -> None:
-        if not self.take():
-            await self.wait_turn()
-
-    async def wait_turn(self) -> None:
-        """Wait until the releasing writer hands the guard over (after `take` failed)."""
-        turn = anyio.Event()
-        self._waiters.append(turn)
-        try:
-            await turn.wait()
-        except BaseException:
-            if turn.is_set():
-                self.release()  # handed over just as we were cancelled: pass it on
-            else:
-                self._waiters.remove(turn)
-            raise
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.release()
-
-    def release(self) -> None:
-        if self._waiters:
-            self._waiters.popleft().set()  # still busy: the next writer owns it now
-        else:
-            self._busy = False
+    return anyio.Lock(fast_acquire=True)
 
 
 class WebsocketsTransport:
@@ -184,7 +110,6 @@ class WebsocketsTransport:
     """
 
     __slots__ = (
-        "_checkpoint_if_cancelled",
         "_close_timeout",
         "_closed",
         "_closing",
@@ -217,8 +142,7 @@ class WebsocketsTransport:
         self._protocol = protocol
         self._url = url
         self._close_timeout = close_timeout
-        self._send_lock = _SendGuard()
-        self._checkpoint_if_cancelled = _cancellation_check()
+        self._send_lock = new_send_lock()
         self._messages: deque[bytes] = deque()  # complete text messages not yet returned
         self._handler: Callable[[bytes], None] | None = None  # takes messages (deliver_to)
         self._fragments: list[bytes | bytearray | memoryview] | None = (
@@ -249,9 +173,11 @@ class WebsocketsTransport:
 
     async def send_text(self, data: bytes) -> None:
         """Send one text message; `data` is UTF-8. Raises ConnectionLost if closed."""
-        guard = self._send_lock
-        if not guard.take():
-            await guard.wait_turn()
+        lock = self._send_lock
+        try:
+            lock.acquire_nowait()  # the usual case: no other writer, nothing to wait for
+        except anyio.WouldBlock:
+            await lock.acquire()
         try:
             protocol = self._protocol
             if self._end is not None or protocol.state is not _OPEN:
@@ -259,7 +185,7 @@ class WebsocketsTransport:
             protocol.send_text(data)
             await self._write(protocol.data_to_send())
         finally:
-            guard.release()
+            lock.release()
 
     async def receive(self) -> bytes:
         """The next text message as UTF-8 bytes. Raises ConnectionLost when the connection ends.
@@ -338,11 +264,11 @@ class WebsocketsTransport:
         A write cancelled part-way may leave half a frame on the wire, after which no frame can
         be trusted: the connection then ends with `interrupted` (code, reason).
         """
-        # Perf: no shielding cancel scope per write (it costs more than the write on trio).
+        # No shielding cancel scope per write (on trio it would cost more than the write).
         # Raise a pending cancellation here, before any byte leaves; from this point to the
         # stream's own cancellation check nothing yields, so a cancellation coming out of
         # `send` means the socket was full and the write may be partial.
-        await self._checkpoint_if_cancelled()
+        await anyio.lowlevel.checkpoint_if_cancelled()
         stream = self._stream
         try:
             for chunk in chunks:
@@ -436,7 +362,7 @@ class WebsocketsTransport:
             opcode = frame.opcode
             if opcode is _TEXT:
                 if frame.fin:
-                    # Perf: the common case, one frame per message, one copy to `bytes`.
+                    # The common case: one frame per message, one copy to `bytes`.
                     if handler is not None:
                         handler(bytes(frame.data))
                     else:
@@ -549,138 +475,15 @@ class WebsocketsTransport:
 # -- opening --------------------------------------------------------------------------------
 
 
-def _on_asyncio() -> bool:
-    """Running on asyncio (anyio's asyncio backend), where plain TCP takes the native stream."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
-def _parse_url(url: str) -> WebSocketURI:
-    scheme = urlsplit(url).scheme.lower()
-    if scheme not in ("ws", "wss"):
-        raise ValueError(f"not a WebSocket URL: {url!r}; use ws://host:port/ws or wss://...")
-    try:
-        return parse_uri(url)
-    except InvalidURI as exc:
-        raise ValueError(f"invalid WebSocket URL {url!r}: {exc}") from None
-
-
 async def _open(url: str, options: TransportOptions) -> WebsocketsTransport:
-    """Open TCP (+TLS), run the opening handshake; errors become ConnectError and subclasses."""
-    uri = _parse_url(url)
-    extensions: list[ClientExtensionFactory] | None = None
-    if options.compression:
-        extensions = [ClientPerMessageDeflateFactory(compress_settings={"memLevel": 5})]
-    # FRAME_LOGGER: websockets logs every frame at DEBUG, the auth frame (and its token) too.
-    protocol = ClientProtocol(
-        uri, extensions=extensions, max_size=options.max_message_size, logger=FRAME_LOGGER
-    )
-    request = protocol.connect()
-    for name, value in options.headers.items():
-        request.headers[name] = value
-    protocol.send_request(request)
-
-    ssl_context: ssl.SSLContext | None = None
-    if uri.secure:
-        ssl_context = options.ssl_context or ssl.create_default_context()
-
-    stream: anyio.abc.ByteStream | None = None
-    try:
-        with anyio.fail_after(options.open_timeout):
-            if ssl_context is None and _on_asyncio():
-                stream = await _asyncio_stream.connect_tcp(uri.host, uri.port)
-            elif ssl_context is None:
-                # Not asyncio, so trio (anyio's other backend). trio is an optional dependency,
-                # hence the import here; it is cached after the first connection.
-                from . import _trio_stream
-
-                stream = await _trio_stream.connect_tcp(uri.host, uri.port)
-            else:
-                stream = await anyio.connect_tcp(
-                    uri.host, uri.port, ssl_context=ssl_context, tls_standard_compatible=False
-                )
-            for chunk in protocol.data_to_send():
-                await stream.send(chunk)
-            while protocol.state is not _OPEN and protocol.handshake_exc is None:
-                try:
-                    data = await stream.receive(_READ_SIZE)
-                except anyio.EndOfStream:
-                    protocol.receive_eof()
-                    if protocol.handshake_exc is None and protocol.state is not _OPEN:
-                        raise ConnectError(
-                            f"{url} closed the connection during the WebSocket handshake: "
-                            "check that the URL points at the manager's WebSocket endpoint"
-                        ) from None
-                else:
-                    protocol.receive_data(data)
-        exc = protocol.handshake_exc
-        if exc is not None:
-            raise _handshake_error(url, exc) from exc
-    except BaseException as exc:
-        if stream is not None:
-            await anyio.aclose_forcefully(stream)
-        if isinstance(exc, ConnectError) or not isinstance(exc, Exception):
-            raise  # ours, or cancellation / KeyboardInterrupt: never wrapped
-        error = _open_error(url, options, exc)
-        if error is None:
-            raise
-        raise error from exc
-
-    assert stream is not None
+    """Open the connection (`_opening`) and wrap it; errors are ConnectError and subclasses."""
+    stream, protocol = await open_websocket(url, options)
     transport = WebsocketsTransport(stream, protocol, url, close_timeout=options.close_timeout)
     # The Response event, and any frame the server sent right behind it in the same read.
     frames = [event for event in protocol.events_received() if isinstance(event, Frame)]
     if frames:
         transport._process(frames)
     return transport
-
-
-def _handshake_error(url: str, exc: Exception) -> ConnectError:
-    if isinstance(exc, InvalidStatus):
-        status = exc.response.status_code
-        what = (
-            "wrong URL path, or not a TCM manager"
-            if permanent_http_status(status)
-            else "the server or a proxy in between cannot serve it now"
-        )
-        return HandshakeRejected(
-            f"{url} answered HTTP {status} instead of upgrading to a WebSocket: {what} (the "
-            "manager serves its WebSocket at /ws; check the URL and any proxy in between)",
-            status_code=status,
-        )
-    kind = "invalid WebSocket handshake" if isinstance(exc, InvalidHandshake) else "bad reply"
-    return ConnectError(
-        f"{url} did not complete the WebSocket handshake ({kind}: {exc}): check that the URL "
-        "points at the manager's WebSocket endpoint"
-    )
-
-
-def _open_error(url: str, options: TransportOptions, exc: Exception) -> ConnectError | None:
-    if isinstance(exc, TimeoutError):
-        return ConnectError(
-            f"timed out after {options.open_timeout:g} s opening {url}: check that the manager "
-            "is running and reachable (host, port, firewall), or raise open_timeout"
-        )
-    tls = tls_connect_error(url, exc)
-    if tls is not None:
-        return tls
-    if isinstance(exc, anyio.EndOfStream):
-        # anyio's TLS stream (not standard-compatible) reports a peer that hangs up during the
-        # TLS handshake this way: a proxy dropping connections, or no TLS on that port.
-        return ConnectError(
-            f"{url} closed the connection during the TLS handshake: check that the server "
-            "speaks TLS on that port (wss:// vs ws://) and any proxy in between"
-        )
-    if isinstance(exc, (OSError, anyio.BrokenResourceError)):
-        cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
-        return ConnectError(
-            f"could not connect to {url} ({cause}): check that the manager is running and that "
-            "the host and port are right"
-        )
-    return None
 
 
 # -- the context manager ------------------------------------------------------------------------
@@ -728,5 +531,5 @@ class WebsocketsTransportFactory:
         Raises ValueError for another scheme, `ConnectError` when the socket or TLS cannot be
         opened or the handshake times out, `HandshakeRejected` when the server answers HTTP.
         """
-        _parse_url(url)  # fail early, before the context manager is entered
+        parse_url(url)  # fail early, before the context manager is entered
         return _connection(url, options)

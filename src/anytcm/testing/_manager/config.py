@@ -51,6 +51,7 @@ class ServerConfig:
     log_level: str = "WARNING"
     certfile: str | None = None
     keyfile: str | None = None
+    journal: str | None = None  # append a JSON line per management action run
 
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +97,12 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     add("--log-level", default="WARNING", help="logging level (default WARNING)")
     add("--certfile", default=None, help="serve TLS (wss://, https://) with this certificate chain")
     add("--keyfile", default=None, help="private key for --certfile")
+    add(
+        "--journal",
+        default=None,
+        metavar="PATH",
+        help="append a JSON line per management action run to PATH (it survives restarts)",
+    )
 
 
 def _per_type(values: Sequence[str], defaults: dict[str, int], option: str) -> dict[str, int]:
@@ -144,4 +151,5 @@ def config_from_arguments(args: argparse.Namespace) -> ServerConfig:
         log_level=args.log_level,
         certfile=args.certfile,
         keyfile=args.keyfile,
+        journal=args.journal,
     )

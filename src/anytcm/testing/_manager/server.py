@@ -1,82 +1,59 @@
-"""The reference manager's WebSocket and HTTP front end (contract §1-§3, §4.1, §6.1, §7).
+"""The reference manager's process and its WebSocket connections (contract §1-§3, §7).
 
 One port serves `/ws`, `/health`, `/ready`, `/metrics` and the loopback-only `/_admin/*` fault
 switches. Everything a client can observe follows the contract: the messages, codes and close
 codes, the order of checks, which frames close the socket and which do not.
+
+The jobs are split out by what they do: `connection` (a socket's state, the envelope checks),
+`admission` (tokens, roles, rate limits), `jobs` (queues and workers), `handlers` (what a job
+sends back), `http_routes` (the plain HTTP endpoints). This module wires them together and
+owns the order in which a frame meets them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import secrets
 import signal
 import ssl
 import sys
-import time
-import uuid as uuid_module
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
 
+from .admission import Admission
 from .config import JOB_TYPES, ServerConfig
-from .faults import FaultSwitchError, FaultSwitches
+from .connection import (
+    CLOSE_POLICY,
+    CLOSE_RESTART,
+    FAST_PATH_ACTIONS,
+    Client,
+    Dropped,
+    Reject,
+    info_action,
+    parse_envelope,
+)
+from .faults import FaultSwitches
 from .framecap import capped_connection
+from .handlers import JobHandlers
+from .http_routes import HttpRoutes
 from .inference import InferenceHandler
 from .jobs import Job, JobScheduler
 from .metrics import ServerMetrics
-from .registry import MANAGEMENT_ACTIONS, ManagementFailure, Registry
+from .registry import Registry
 
 logger = logging.getLogger("anytcm.testing.server")
 
-VALID_TYPES = ["auth", "info", "management", "inference"]
-FAST_PATH_ACTIONS = ("queue", "queue_stats")
 # Sliding windows kept per uuid (auth failures, message rate) are trimmed this often, and a uuid
 # whose windows are empty is forgotten: fresh uuids must not grow them without bound.
 HOUSEKEEPING_SECONDS = 5.0
-CLOSE_POLICY = 1008
-CLOSE_RESTART = 1012
-AUTH_FAILURE_WINDOW = 60.0  # failed auths are counted per uuid over 60 s (ws.py:309-331)
-RATE_WINDOW = 1.0  # the per-uuid message rate is a sliding 1 s window (ws.py:253-271)
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
-
-
-class _Reject(Exception):
-    """Send an error frame, then close with `code` (or keep the socket open when code is None)."""
-
-    def __init__(self, message: str, code: int | None, extra: dict[str, Any] | None = None):
-        super().__init__(message)
-        self.frame = {"type": "error", "payload": {**(extra or {}), "message": message}}
-        self.code = code
-
-
-@dataclass(eq=False)  # identity semantics: clients live in sets
-class Client:
-    """State of one WebSocket connection."""
-
-    ws: ServerConnection
-    uuid: str | None = None
-    roles: list[str] = field(default_factory=list)
-    capability: list[str] = field(default_factory=list)
-    frames: int = 0
-    stalled: bool = False
-
-    @property
-    def tenant(self) -> str:
-        return "unknown"  # simple and static-token modes carry no tenant claim
-
-    def auth_context(self) -> dict[str, Any]:
-        return {"sub": None, "tenant_id": None, "roles": self.roles, "capability": self.capability}
 
 
 class ReferenceServer:
@@ -88,19 +65,31 @@ class ReferenceServer:
         self.faults.apply(config.faults)
         self.registry = Registry.initial()
         self.metrics = ServerMetrics()
+        self.admission = Admission(config, self.metrics)
         self._executor = ThreadPoolExecutor(
             max_workers=sum(config.workers.values()) + 2, thread_name_prefix="ref-worker"
         )
-        self.inference = InferenceHandler(config, self.registry, self.faults, self._executor)
         self.by_uuid: dict[str, Client] = {}
+        self.handlers = JobHandlers(
+            inference=InferenceHandler(config, self.registry, self.faults, self._executor),
+            registry=self.registry,
+            metrics=self.metrics,
+            send_to_uuid=self.send_to_uuid,
+            queue_stats=lambda: self.scheduler.queue_stats(),
+            journal=config.journal,
+        )
         self.scheduler = JobScheduler(
-            config, self._run_job, self.send_to_uuid, connected=self.by_uuid.__contains__
+            config, self.handlers.run, self.send_to_uuid, connected=self.by_uuid.__contains__
+        )
+        self.http = HttpRoutes(
+            faults=self.faults,
+            registry=self.registry,
+            metrics=self.metrics,
+            apply_faults=self._apply_faults,
+            push=self._push,
         )
         self.auth_order: list[Client] = []  # authenticated clients, first-connected first
         self.live: set[Client] = set()
-        self._auth_failures: dict[str, deque[float]] = {}
-        self._message_times: dict[str, deque[float]] = {}
-        self._tenant_buckets: dict[str, tuple[float, float]] = {}
         self._stopping = False
         self._stop = asyncio.Event()
         self.port = 0
@@ -119,7 +108,7 @@ class ReferenceServer:
             self._handle,
             self.config.host,
             self.config.port,
-            process_request=self._process_request,
+            process_request=self.http.process_request,
             # The manager's cap is the parser's: a bigger frame is refused from its header.
             max_size=self.config.max_message_bytes,
             create_connection=capped_connection(self.config.max_message_bytes),
@@ -177,8 +166,7 @@ class ReferenceServer:
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
-            _prune_windows(self._auth_failures, AUTH_FAILURE_WINDOW)
-            _prune_windows(self._message_times, RATE_WINDOW)
+            self.admission.prune()
 
     async def _watch_parent(self) -> None:
         # A test process that dies must not leave its server (and its port) behind.
@@ -217,17 +205,17 @@ class ReferenceServer:
             while True:
                 try:
                     await self._receive(client)
-                except _Reject as reject:
+                except Reject as reject:
                     if reject.code is not None:
                         raise
                     await self.send(client, reject.frame)  # an error that keeps the socket
-        except _Reject as reject:
+        except Reject as reject:
             await self.send(client, reject.frame)
             if reject.code is not None:
                 await ws.close(reject.code)
         except ConnectionClosed:
             pass
-        except _Dropped:
+        except Dropped:
             ws.transport.abort()
         finally:
             self.live.discard(client)
@@ -239,11 +227,11 @@ class ReferenceServer:
                 self.auth_order.remove(client)
 
     async def _read(self, client: Client) -> str:
-        """Read one text frame. The inbound cap (§1) is enforced by the parser (`_framecap`)."""
+        """Read one text frame. The inbound cap (§1) is enforced by the parser (`framecap`)."""
         message = await client.ws.recv()
         client.frames += 1
         if isinstance(message, bytes):
-            raise _Dropped  # receive_text() fails on binary: the socket just drops
+            raise Dropped  # receive_text() fails on binary: the socket just drops
         return message
 
     async def _read_auth_frame(self, client: Client) -> str:
@@ -261,46 +249,26 @@ class ReferenceServer:
                 return await asyncio.wait_for(self._read(client), timeout)
             except asyncio.TimeoutError:
                 if not client.stalled:
-                    raise _Reject(
+                    raise Reject(
                         f"Auth timeout: no auth frame within {timeout:g} seconds", CLOSE_POLICY
                     ) from None
 
-    def _parse(self, text: str, close: int | None) -> dict[str, Any]:
-        """JSON and envelope validation (ws.py:183-213); `close` is the code to close with."""
-        try:
-            message = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            raise _Reject("Invalid JSON format", close) from None
-        if not isinstance(message, dict):
-            raise _Reject("Invalid JSON format", close)
-        for name in ("uuid", "type", "payload"):
-            if name not in message:
-                raise _Reject(f"Missing required field: '{name}'", close)
-        for name in ("uuid", "type"):
-            if not isinstance(message[name], str):
-                raise _Reject(f"Field '{name}' must be a string", close)
-        if not isinstance(message["payload"], dict):
-            raise _Reject("Field 'payload' must be a dictionary", close)
-        if message["type"] not in VALID_TYPES:
-            raise _Reject(f"Invalid type '{message['type']}'. Must be one of: {VALID_TYPES}", close)
-        return message
-
     async def _authenticate(self, client: Client) -> None:
-        message = self._parse(await self._read_auth_frame(client), CLOSE_POLICY)
+        message = parse_envelope(await self._read_auth_frame(client), CLOSE_POLICY)
         if message["type"] != "auth":
-            raise _Reject("First message must be type 'auth'", CLOSE_POLICY)
+            raise Reject("First message must be type 'auth'", CLOSE_POLICY)
         uuid = message["uuid"]
         payload = message["payload"]
         self.metrics.messages.labels("auth").inc()
-        self._check_auth_failures(uuid)
-        token_problem = self._token_problem(payload.get("token"))
+        self.admission.check_auth_failures(uuid)
+        token_problem = self.admission.token_problem(payload.get("token"))
         if token_problem is not None:
-            self._record_auth_failure(uuid)
-            raise _Reject(f"Invalid token: {token_problem}", CLOSE_POLICY)
+            self.admission.record_auth_failure(uuid)
+            raise Reject(f"Invalid token: {token_problem}", CLOSE_POLICY)
         if uuid in self.by_uuid:
-            raise _Reject(f"UUID '{uuid}' is already connected", CLOSE_POLICY)
+            raise Reject(f"UUID '{uuid}' is already connected", CLOSE_POLICY)
         client.uuid = uuid
-        client.roles = self._roles(payload)
+        client.roles = self.admission.roles(payload)
         requested = payload.get("capability")
         self.by_uuid[uuid] = client
         self.auth_order.append(client)
@@ -319,110 +287,44 @@ class ReferenceServer:
             supported.append("shm")
         return supported + self.config.extra_capabilities
 
-    def _token_problem(self, token: Any) -> str | None:
-        if self.config.token is None:
-            return None  # simple mode: any or no token
-        if token is None or token == "":
-            return "Missing token in auth payload"
-        if not isinstance(token, str) or not secrets.compare_digest(token, self.config.token):
-            return "Invalid token format"
-        return None
-
-    def _roles(self, payload: dict[str, Any]) -> list[str]:
-        default = ["inference", "management"]
-        if self.config.token is not None:
-            return default  # token mode: roles come from the token, client.roles is ignored
-        client_info = payload.get("client")
-        roles = client_info.get("roles") if isinstance(client_info, dict) else None
-        # Development mode (ws.py:458-469): `if not roles: roles = [...]`, so an empty list or
-        # string gets the defaults too. The vendor SDK sends `roles: []` with every token.
-        if isinstance(roles, str) and roles:
-            return [roles]
-        if isinstance(roles, list) and roles:
-            return [str(r) for r in roles]
-        return default
-
-    def _check_auth_failures(self, uuid: str) -> None:
-        limit = self.config.auth_failures_per_minute
-        if limit <= 0:
-            return
-        window = _trim(self._auth_failures.setdefault(uuid, deque()), AUTH_FAILURE_WINDOW)
-        if len(window) >= limit:
-            self.metrics.auth_failures.inc()
-            raise _Reject("Too many failed auth attempts for this client", CLOSE_POLICY)
-
-    def _record_auth_failure(self, uuid: str) -> None:
-        self.metrics.auth_failures.inc()
-        if self.config.auth_failures_per_minute > 0:
-            self._auth_failures.setdefault(uuid, deque()).append(time.monotonic())
-
     async def _receive(self, client: Client) -> None:
         """Read and handle one frame after authentication."""
         assert client.uuid is not None
         text = await self._read(client)
-        self._check_client_rate(client.uuid)
+        self.admission.check_client_rate(client.uuid)
         if self._stopping:
             await self._reject_after_shutdown(client, text)
-        message = self._parse(text, None)
+        message = parse_envelope(text, None)
         kind = message["type"]
         self.metrics.messages.labels(kind).inc()
         if message["uuid"] != client.uuid:
-            raise _Reject(
+            raise Reject(
                 f"UUID mismatch. Expected '{client.uuid}', got '{message['uuid']}'", CLOSE_POLICY
             )
-        fast = kind == "info" and _info_action(message["payload"]) in FAST_PATH_ACTIONS
+        fast = kind == "info" and info_action(message["payload"]) in FAST_PATH_ACTIONS
         if not fast:
-            self._take_tenant_token(client)
+            self.admission.take_tenant_token(client)
         message["_correlation_id"] = secrets.token_hex(8)
         message["_auth"] = client.auth_context()
         if fast:
-            await self.send(client, self._queue_stats_reply(message["payload"]))
+            await self.send(client, self.handlers.queue_stats_reply(message["payload"]))
         else:
             await self._dispatch(client, kind, message)
         drop_after = self.faults.drop_after_frames
         if drop_after and client.frames >= drop_after:
-            raise _Dropped
+            raise Dropped
 
     async def _reject_after_shutdown(self, client: Client, text: str) -> None:
         """A frame read after shutdown began: answered if it is queue_stats, then 1012 (§7)."""
-        with contextlib.suppress(_Reject):
-            message = self._parse(text, None)
-            if message["type"] == "info" and (
-                _info_action(message["payload"]) in FAST_PATH_ACTIONS
-            ):
-                await self.send(client, self._queue_stats_reply(message["payload"]))
-        raise _Reject(
+        with contextlib.suppress(Reject):
+            message = parse_envelope(text, None)
+            if message["type"] == "info" and (info_action(message["payload"]) in FAST_PATH_ACTIONS):
+                await self.send(client, self.handlers.queue_stats_reply(message["payload"]))
+        raise Reject(
             "Server is shutting down; request rejected.",
             CLOSE_RESTART,
             {"code": "SYSTEM_SHUTDOWN"},
         )
-
-    def _check_client_rate(self, uuid: str) -> None:
-        limit = self.config.rate_limit_per_client
-        if limit <= 0:
-            return
-        window = _trim(self._message_times.setdefault(uuid, deque()), RATE_WINDOW)
-        window.append(time.monotonic())
-        if len(window) > limit:
-            self.metrics.rate_limit_violations.labels("client").inc()
-            raise _Reject("Rate limit exceeded for this client (messages per second)", CLOSE_POLICY)
-
-    def _take_tenant_token(self, client: Client) -> None:
-        rate = self.config.tenant_rate_limit
-        if rate <= 0:
-            return
-        now = time.monotonic()
-        tokens, last = self._tenant_buckets.get(client.tenant, (float(rate), now))
-        tokens = min(float(rate), tokens + (now - last) * rate)
-        if tokens < 1.0:
-            self._tenant_buckets[client.tenant] = (tokens, now)
-            self.metrics.rate_limit_violations.labels("tenant").inc()
-            raise _Reject(
-                "Tenant message rate limit reached.",
-                CLOSE_POLICY,
-                {"code": "BACKPRESSURE_TENANT_LIMIT_REACHED"},
-            )
-        self._tenant_buckets[client.tenant] = (tokens - 1.0, now)
 
     async def _dispatch(self, client: Client, kind: str, message: dict[str, Any]) -> None:
         """Role checks and queueing (jt.py:343-440); a second `auth` is never answered."""
@@ -441,74 +343,6 @@ class ReferenceServer:
         if rejection is not None:
             self.metrics.jobs_rejected.labels(kind, "queue_full").inc()
             await self.send(client, rejection)
-
-    # ------------------------------------------------------------------------------------------
-    # jobs
-
-    async def _run_job(self, job: Job) -> None:
-        if job.kind == "inference":
-            await self._run_inference(job)
-        elif job.kind == "management":
-            await self._run_management(job)
-        else:
-            action = _info_action(job.message["payload"])
-            await self.send_to_uuid(
-                job.uuid,
-                {
-                    "type": "info_response",
-                    "payload": {
-                        "job_id": job.message["payload"].get("job_id"),
-                        "request_type": action,
-                        "status": "success",
-                        "data": {"message": f"Info type '{action}' not implemented yet"},
-                    },
-                },
-            )
-
-    async def _run_inference(self, job: Job) -> None:
-        started = time.perf_counter()
-        self.metrics.inference_jobs.inc()
-
-        async def emit(status: str, data: Any, model_name: Any) -> None:
-            if status == "FAILED":
-                code = data.get("code", "object") if isinstance(data, dict) else "string"
-                self.metrics.inference_errors.labels(code).inc()
-            frame = {
-                "type": "inference",
-                "uuid": job.uuid,
-                "payload": {"status": status, "data": data, "model_name": model_name},
-            }
-            await self.send_to_uuid(job.uuid, frame)
-
-        await self.inference.handle(job.message["payload"], emit)
-        self.metrics.inference_duration.observe(time.perf_counter() - started)
-
-    async def _run_management(self, job: Job) -> None:
-        payload = job.message["payload"]
-        action = str(payload.get("action"))
-        # The label is client text: one time series per distinct string would grow forever.
-        label = action if action in MANAGEMENT_ACTIONS else "unknown"
-        self.metrics.management_actions.labels(label).inc()
-        try:
-            data, status = self.registry.run_action(action, payload), True
-        except ManagementFailure as exc:
-            data, status = str(exc), False
-        except Exception as exc:  # noqa: BLE001 - any other failure is reported, as mgmt.py does
-            data, status = f"Unexpected error: {exc}", False
-        # The reply echoes the whole inbound envelope, payload replaced (mgmt.py:128-131).
-        reply = {**job.message, "payload": {"status": status, "data": data}}
-        await self.send_to_uuid(job.uuid, reply)
-
-    def _queue_stats_reply(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "type": "info_response",
-            "payload": {
-                "job_id": payload.get("job_id"),
-                "request_type": "queue_stats",
-                "status": "success",
-                "data": self.scheduler.queue_stats(),
-            },
-        }
 
     # ------------------------------------------------------------------------------------------
     # faults
@@ -530,135 +364,13 @@ class ReferenceServer:
         if self.faults.exit_code is not None:
             asyncio.get_running_loop().call_later(0.05, os._exit, self.faults.exit_code)
 
-    def _first_live_client(self) -> Client | None:
-        return next((c for c in self.auth_order if c in self.live), None)
-
     async def _push(self, frame: dict[str, Any]) -> bool:
-        client = self._first_live_client()
+        """An unsolicited frame to the first live authenticated client (`/_admin/alert`)."""
+        client = next((c for c in self.auth_order if c in self.live), None)
         if client is None:
             return False
         await self.send(client, frame)
         return True
-
-    # ------------------------------------------------------------------------------------------
-    # HTTP
-
-    async def _process_request(
-        self, connection: ServerConnection, request: Request
-    ) -> Response | None:
-        url = urlsplit(request.path)
-        if url.path == "/ws":
-            return None  # go on with the WebSocket handshake
-        peer = ipaddress.ip_address(connection.remote_address[0])
-        if url.path == "/health":
-            return _json(connection, 200, {"status": "ok"})
-        if url.path == "/ready":
-            return self._ready(connection)
-        if url.path == "/metrics":
-            if not (peer.is_loopback or peer.is_private):
-                return _json(connection, 403, {"detail": "Forbidden"})
-            response = connection.respond(200, self.metrics.render().decode())
-            _set_content_type(response, "text/plain; version=0.0.4; charset=utf-8")
-            return response
-        if url.path.startswith("/_admin/"):
-            if not peer.is_loopback:
-                return _json(connection, 403, {"detail": "Forbidden"})
-            return await self._admin(connection, url.path, parse_qsl(url.query))
-        return _json(connection, 404, {"detail": "Not Found"})
-
-    def _ready(self, connection: ServerConnection) -> Response:
-        if self.faults.not_ready():
-            return _json(
-                connection,
-                503,
-                {
-                    "status": "not_ready",
-                    "reason": "readiness_probe_failed",
-                    "detail": "internal_error",
-                    "error_id": str(uuid_module.uuid4()),
-                },
-            )
-        servers = self.registry.servers.values()
-        triton = {
-            "registered": len(servers),
-            "healthy": len(servers),
-            "healthy_http": sum(1 for s in servers if s.protocol == "http"),
-            "healthy_grpc": sum(1 for s in servers if s.protocol == "grpc"),
-        }
-        return _json(connection, 200, {"status": "ready", "triton": triton})
-
-    async def _admin(
-        self, connection: ServerConnection, path: str, query: list[tuple[str, str]]
-    ) -> Response:
-        params = dict(query)
-        if path == "/_admin/faults":
-            try:
-                self._apply_faults(query)
-            except FaultSwitchError as exc:
-                return _json(connection, 400, {"detail": str(exc)})
-            return _json(connection, 200, self.faults.snapshot())
-        if path == "/_admin/alert":
-            delivered = await self._push(
-                {
-                    "type": "alert",
-                    "error_type": params.get("error_type", "TritonServerStateChanged"),
-                    "message": params.get(
-                        "message",
-                        "[TritonThread] Server (127.0.0.1, ref-0) state changed: "
-                        "['status: ready -> unhealthy']",
-                    ),
-                    "timestamp": time.time(),
-                }
-            )
-            return _json(connection, 200, {"delivered": delivered})
-        if path == "/_admin/budget_warning":
-            job_type = params.get("job_type", "inference")
-            delivered = await self._push(
-                {
-                    "type": "error",
-                    "payload": {
-                        "code": "BACKPRESSURE_INSUFFICIENT_BUDGET",
-                        "message": f"Tenant 'unknown' has insufficient budget for {job_type} "
-                        "jobs; requests are delayed.",
-                        "job_type": job_type,
-                        "tenant_id": "unknown",
-                    },
-                }
-            )
-            return _json(connection, 200, {"delivered": delivered})
-        return _json(connection, 404, {"detail": "Not Found"})
-
-
-class _Dropped(Exception):
-    """Drop the socket without a close frame."""
-
-
-def _info_action(payload: dict[str, Any]) -> str:
-    return str(payload.get("action") or payload.get("request_type") or "unknown")
-
-
-def _trim(window: deque[float], seconds: float) -> deque[float]:
-    cutoff = time.monotonic() - seconds
-    while window and window[0] < cutoff:
-        window.popleft()
-    return window
-
-
-def _prune_windows(windows: dict[str, deque[float]], seconds: float) -> None:
-    """Trim every uuid's window and forget the uuids left with nothing in theirs."""
-    for uuid in [u for u, window in windows.items() if not _trim(window, seconds)]:
-        del windows[uuid]
-
-
-def _json(connection: ServerConnection, status: int, body: Any) -> Response:
-    response = connection.respond(status, orjson.dumps(body).decode())
-    _set_content_type(response, "application/json")
-    return response
-
-
-def _set_content_type(response: Response, value: str) -> None:
-    del response.headers["Content-Type"]
-    response.headers["Content-Type"] = value
 
 
 def run(config: ServerConfig) -> None:
