@@ -62,8 +62,9 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         ),
     ),
     ("connections (sessions, pool, deadlines)", frozenset({"_core"})),
-    ("client internals", frozenset({"_client"})),
-    ("public client", frozenset({"client", "options", "sync_client"})),
+    # `options` is public, but a declaration the client's internals read (connect's options).
+    ("client internals", frozenset({"_client", "options"})),
+    ("public client", frozenset({"client", "sync_client"})),
     (
         "entry points",
         frozenset({"cli", "testing", "pytest_plugin", "__init__", "__main__"}),

@@ -7,16 +7,11 @@ Every call has a deadline (`timeout`), because the manager answers some failures
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import os
-import ssl
 import sys
-import uuid as uuid_module
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit
 
 import anyio
 import msgspec
@@ -26,19 +21,22 @@ from . import wire
 from ._client.alerts import Alerts
 from ._client.inference import request_inference
 from ._client.management import InfoAPI, ManagementAPI
+from ._client.opening import (
+    all_loopback,
+    check_pool_size,
+    manager_urls,
+    pool_parts,
+    transport_factory,
+)
 from ._client.pipeline import Step, run_pipeline
 from ._client.retrying import Retrier
 from ._client.staging import Inputs, Stager, input_values
 from ._client.streams import InferStream
 from ._core.managers import ManagerStatus
 from ._core.pool import Pool
-from ._core.settings import PoolSettings
-from .backoff import Backoff
 from .carriers import Staged, StagedInputs
 from .observability import ClientMetrics, Recorder
-from .options import ConnectSettings, selection_policy
-from .plugins import carrier_names
-from .readiness import ReadinessGate
+from .options import ConnectSettings
 from .results import (
     InferResult,
     ModelSpec,
@@ -47,8 +45,6 @@ from .results import (
 )
 from .retry import RetryPolicy
 from .transports import (
-    TransportFactory,
-    TransportOptions,
     collapse_exception_group,
 )
 
@@ -350,26 +346,6 @@ class AsyncClient:
             )
 
 
-def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _transport_factory(name: str | TransportFactory | None) -> TransportFactory:
-    if name is None:
-        name = os.environ.get("ANYTCM_TRANSPORT") or "websockets"
-    if not isinstance(name, str):
-        return name
-    from .plugins import load_transport
-
-    return load_transport(name)
-
-
 def connect(
     url: str | Sequence[str], **options: Unpack[ConnectOptions]
 ) -> AbstractAsyncContextManager[AsyncClient]:
@@ -392,71 +368,13 @@ def connect(
     return open_client(urls, settings)
 
 
-def manager_urls(url: str | Sequence[str]) -> tuple[str, ...]:
-    """`connect`'s first argument as a tuple of distinct manager URLs."""
-    urls = (url,) if isinstance(url, str) else tuple(url)
-    if not urls or not all(isinstance(u, str) and u for u in urls):
-        raise ValueError(f"connect() needs a manager URL, or a list of them; got {url!r}")
-    if len(set(urls)) != len(urls):
-        raise ValueError(f"a manager URL is given twice: {list(urls)}")
-    return urls
-
-
-def check_pool_size(urls: Sequence[str], pool_size: int) -> None:
-    if pool_size < len(urls):
-        raise ValueError(
-            f"pool_size={pool_size} is less than the {len(urls)} managers: each manager needs a "
-            f"connection of its own; pass pool_size={len(urls)} or more"
-        )
-
-
 @asynccontextmanager
 async def open_client(
     urls: tuple[str, ...], options: ConnectSettings
 ) -> AsyncIterator[AsyncClient]:
     """`connect` with its options already checked (what `SyncClient` runs in its portal)."""
     url = urls[0]
-    pool_settings = PoolSettings(
-        url=url,
-        urls=urls,
-        selection=selection_policy(options.selection),
-        size=options.pool_size,
-        base_uuid=options.uuid or uuid_module.uuid4().hex,
-        token=options.token,
-        capabilities=(
-            tuple(carrier_names())
-            if options.capabilities == "auto"
-            else tuple(options.capabilities)
-            if options.capabilities is not None
-            else None
-        ),
-        roles=tuple(options.roles) if options.roles is not None else None,
-        max_waiting=options.max_waiting,
-        connect_timeout=options.connect_timeout,
-        auth_timeout=min(10.0, options.connect_timeout),
-        ready_check=options.ready_check,
-        stale_grace=options.stale_grace,
-        backoff=options.backoff or Backoff,
-    )
-    ssl_context = options.ssl_context
-    if ssl_context is None and any(urlsplit(u).scheme == "wss" for u in urls):
-        # One context for every connection and for the readiness gate: the same CA store on
-        # both paths, and its certificates loaded once rather than once per connection.
-        ssl_context = ssl.create_default_context()
-    transport_options = TransportOptions(
-        ssl_context=ssl_context,
-        headers=dict(options.headers or {}),
-        max_message_size=options.max_message_size,
-        open_timeout=min(10.0, options.connect_timeout),
-        ping_interval=options.ping_interval,
-        ping_timeout=options.ping_timeout,
-        compression=options.compression,
-    )
-    gates: dict[str, ReadinessGate] = {}
-    if options.ready_check:
-        gates = {
-            u: ReadinessGate(u, ssl_context=ssl_context, headers=options.headers) for u in urls
-        }
+    pool_settings, transport_options, gates = pool_parts(urls, options)
     client: AsyncClient | None = None
 
     def deliver(frame: wire.ServerFrame) -> None:
@@ -464,16 +382,14 @@ async def open_client(
             client._deliver_unsolicited(frame)
 
     pool = Pool(
-        pool_settings, _transport_factory(options.transport), transport_options, deliver, gates
+        pool_settings, transport_factory(options.transport), transport_options, deliver, gates
     )
     client = AsyncClient(
         pool,
         timeout=options.timeout,
         max_frame_bytes=options.max_frame_bytes,
         retry=options.retry or RetryPolicy(),
-        same_host=(
-            all(_is_loopback(u) for u in urls) if options.same_host is None else options.same_host
-        ),
+        same_host=all_loopback(urls) if options.same_host is None else options.same_host,
         recorder=Recorder(
             options.tracing,
             url=url,

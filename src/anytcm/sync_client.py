@@ -39,11 +39,12 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from . import wire
+from ._client.opening import check_pool_size, manager_urls
 from ._client.pipeline import Step
 from ._client.staging import Inputs
 from ._client.sync_wrappers import SyncAlerts, SyncInferStream, SyncInfoAPI, SyncManagementAPI
 from ._core.managers import ManagerStatus
-from .client import AsyncClient, InferStream, check_pool_size, manager_urls, open_client
+from .client import AsyncClient, InferStream, open_client
 from .errors import ClientClosed
 from .observability import ClientMetrics
 from .options import ConnectSettings

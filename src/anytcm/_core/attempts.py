@@ -32,16 +32,28 @@ async def infer(
     """
     while True:
         session = await pool.checkout(deadline, manager)
+        if pool.now() >= deadline:
+            pool.checkin(session)
+            raise RequestTimeout("no time left after waiting for a connection", timeout=0.0)
+        # The counters are kept inline, not by `_counted`: a coroutine more per inference
+        # would cost every request, with one manager too.
         served = session.manager
+        if served is not None:
+            served.requests += 1
+            served.in_flight += 1
         try:
-            if pool.now() >= deadline:
-                raise RequestTimeout("no time left after waiting for a connection", timeout=0.0)
-            if served is None:
-                return await session.infer(payload, deadline, what)
-            return await _counted(served, session.infer(payload, deadline, what))
+            return await session.infer(payload, deadline, what)
         except NotSent:
+            if served is not None:
+                served.requests -= 1  # it never reached the manager
             continue  # the connection ended before anything was written: try another
+        except TcmError:
+            if served is not None:
+                served.failures += 1
+            raise
         finally:
+            if served is not None:
+                served.in_flight -= 1
             pool.checkin(session)
 
 
