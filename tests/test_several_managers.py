@@ -244,3 +244,37 @@ async def test_every_manager_down_is_one_error_naming_each(cluster: ReferenceClu
     for url in cluster.urls:
         assert url in str(caught.value)
     assert set(caught.value.failures) == set(cluster.urls)
+
+
+async def test_metrics_are_labelled_by_manager(
+    cluster: ReferenceCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry.metrics import _internal as metrics_api
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    monkeypatch.setattr(metrics_api, "_METER_PROVIDER", provider)
+    try:
+        async with anytcm.connect(cluster.urls, pool_size=3) as client:
+            await wait_for(lambda: sum(counts(client).values()) == 3, "three connections")
+            for _ in range(9):
+                await double(client)
+            served = {m.url: m.requests for m in client.managers()}
+        data = reader.get_metrics_data()
+        assert data is not None
+        by_port: dict[int, int] = {}
+        for resource in data.resource_metrics:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name == "anytcm.client.manager.requests":
+                        for point in metric.data.data_points:
+                            assert isinstance(point, NumberDataPoint)
+                            port = (point.attributes or {})["server.port"]
+                            assert isinstance(port, int)
+                            by_port[port] = by_port.get(port, 0) + int(point.value)
+        assert by_port == {manager.port: served[manager.ws_url] for manager in cluster}
+        assert sum(by_port.values()) == 9
+    finally:
+        provider.shutdown()

@@ -394,6 +394,7 @@ async def open_client(
             options.tracing,
             url=url,
             totals=lambda: (client.retries if client else 0, pool.stats.reconnects),
+            managers=lambda: pool.managers.all,  # the live objects: no snapshot per request
         ),
     )
     try:

@@ -26,10 +26,10 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 __all__ = ("ClientMetrics", "LatencyHistogram", "RequestKind")
@@ -101,12 +101,26 @@ class ClientMetrics:
     in_flight: int = 0
 
 
+class ManagerCounts(Protocol):
+    """What the recorder reads of each manager (`anytcm.ManagerStatus` is one)."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def requests(self) -> int: ...
+    @property
+    def failures(self) -> int: ...
+    @property
+    def connects(self) -> int: ...
+
+
 class Recorder:
     """Feeds the three outlets; one per client.
 
     `url` is the manager's (for the `server.address`/`server.port` attributes); `totals`
     returns the client's (retries, reconnects) so far, read when a request ends and added to
-    the OpenTelemetry counters as they grow.
+    the OpenTelemetry counters as they grow. `managers` returns each manager's counters, added
+    the same way to per-manager counters labelled with that manager's address.
     """
 
     def __init__(
@@ -115,6 +129,7 @@ class Recorder:
         *,
         url: str | None = None,
         totals: Callable[[], tuple[int, int]] | None = None,
+        managers: Callable[[], Iterable[ManagerCounts]] | None = None,
     ) -> None:
         self.metrics = ClientMetrics()
         self._tracer: Any = _tracer() if tracing is not False else None
@@ -131,6 +146,9 @@ class Recorder:
             self._span_kind = SpanKind.CLIENT
         self._otel: _Instruments | None = _instruments()
         self._totals = totals
+        self._managers = managers
+        self._seen_managers: dict[str, tuple[int, int, int]] = {}
+        self._manager_attributes: dict[str, dict[str, str | int]] = {}
         self._seen_retries = 0
         self._seen_reconnects = 0
         # Attribute dicts by (kind, model, outcome): built once, so recording does not build one.
@@ -168,6 +186,33 @@ class Recorder:
             if reconnects != self._seen_reconnects:
                 otel.reconnects.add(reconnects - self._seen_reconnects, self._server)
                 self._seen_reconnects = reconnects
+        if self._managers is not None:
+            self._export_managers(otel)
+
+    def _export_managers(self, otel: _Instruments) -> None:
+        """Each manager's requests, failures and connections since the last request ended."""
+        assert self._managers is not None
+        for manager in self._managers():
+            counts = (manager.requests, manager.failures, manager.connects)
+            seen = self._seen_managers.get(manager.url, (0, 0, 0))
+            if counts == seen:
+                continue
+            attributes = self._manager_attributes.get(manager.url)
+            if attributes is None:
+                attributes = self._manager_attributes[manager.url] = _server_attributes(manager.url)
+            for instrument, now, before in zip(
+                (otel.manager_requests, otel.manager_failures, otel.manager_connects),
+                counts,
+                seen,
+                strict=True,
+            ):
+                if now > before:  # a request never sent is taken back: counters only grow
+                    instrument.add(now - before, attributes)
+            self._seen_managers[manager.url] = (
+                max(counts[0], seen[0]),
+                max(counts[1], seen[1]),
+                max(counts[2], seen[2]),
+            )
 
 
 class Observation:
@@ -282,6 +327,9 @@ class _Instruments(NamedTuple):
     retries: Any
     reconnects: Any
     duration: Any
+    manager_requests: Any
+    manager_failures: Any
+    manager_connects: Any
 
 
 # The instruments of the current meter provider: (provider, instruments). Made once per
@@ -329,6 +377,21 @@ def _instruments() -> _Instruments | None:
             description="Connections replaced after a loss",
         ),
         duration=duration,
+        manager_requests=meter.create_counter(
+            "anytcm.client.manager.requests",
+            unit="{request}",
+            description="Requests sent to each manager (server.address, server.port)",
+        ),
+        manager_failures=meter.create_counter(
+            "anytcm.client.manager.failures",
+            unit="{request}",
+            description="Requests sent to each manager that failed",
+        ),
+        manager_connects=meter.create_counter(
+            "anytcm.client.manager.connects",
+            unit="{connection}",
+            description="Connections opened to each manager",
+        ),
     )
     _made = (provider, instruments)
     return instruments

@@ -51,7 +51,7 @@ class Affinity:
         serves) the one that created its server."""
         if named is not None:
             return self.manager_named(named)
-        if transient:
+        if transient or not self._owners:  # the usual case: no keys built per request
             return None
         return self.routed(affinity_keys(vm_ip=vm_ip, container_id=container_id))
 
