@@ -278,3 +278,26 @@ async def test_metrics_are_labelled_by_manager(
         assert sum(by_port.values()) == 9
     finally:
         provider.shutdown()
+
+
+async def test_create_vm_container_server_chain_stays_on_one_manager(
+    cluster: ReferenceCluster,
+) -> None:
+    """Each step needs what the previous one created, which only its manager knows: the VM
+    for the container, the container for the server, the server for the inference."""
+    async with anytcm.connect(cluster.urls, pool_size=3) as client:
+        await wait_for(lambda: sum(counts(client).values()) == 3, "three connections")
+        vm = await client.management.create_vm(openstack=OPENSTACK)
+        container = await client.management.create_container(vm_id=vm.vm_id, docker=DOCKER)
+        await client.management.create_server(
+            vm_id=vm.vm_id,
+            vm_ip=vm.vm_ip,
+            container_id=container.container_id,
+            triton={"model_name": "double"},
+        )
+        target = Target(vm.vm_ip, container.container_id)
+        for _ in range(6):
+            result = await client.infer("double", {"INPUT0": X}, target=target)
+            np.testing.assert_array_equal(result["OUTPUT0"], X * 2)
+        served = {m.url: m.requests for m in client.managers()}
+        assert sorted(served.values()) == [0, 0, 9]  # three management calls, six inferences
