@@ -21,6 +21,8 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +67,10 @@ def p99_ms(records: list[tuple[float, float, bool]]) -> float:
     return 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
 
 
-async def run_load(urls: list[str], seconds: float) -> float:
-    """Requests per second served over `seconds`, after a short warm-up."""
+@asynccontextmanager
+async def under_load(urls: list[str]) -> AsyncIterator[Load]:
+    """A client of `urls` keeping PER_MANAGER requests in flight per manager until the block
+    ends; the load's records are complete once it has."""
     load = Load()
     async with (
         anytcm.connect(urls, pool_size=PER_MANAGER * len(urls)) as client,
@@ -74,11 +78,19 @@ async def run_load(urls: list[str], seconds: float) -> float:
     ):
         for _ in range(PER_MANAGER * len(urls)):
             tg.start_soon(load.worker, client)
+        try:
+            yield load
+        finally:
+            load.stop.set()
+
+
+async def run_load(urls: list[str], seconds: float) -> float:
+    """Requests per second served over `seconds`, after a short warm-up."""
+    async with under_load(urls) as load:
         await anyio.sleep(0.5)
         start = time.monotonic()
         await anyio.sleep(seconds)
         end = time.monotonic()
-        load.stop.set()
     done = [r for r in load.between(start, end) if r[2]]
     return len(done) / (end - start)
 
@@ -97,18 +109,11 @@ async def throughput(seconds: float, repeat: int) -> list[dict[str, Any]]:
 
 async def failover() -> dict[str, Any]:
     with ReferenceCluster(3, extra_args=SERVER_ARGS) as cluster:
-        load = Load()
-        async with (
-            anytcm.connect(cluster.urls, pool_size=PER_MANAGER * 3) as client,
-            anyio.create_task_group() as tg,
-        ):
-            for _ in range(PER_MANAGER * 3):
-                tg.start_soon(load.worker, client)
+        async with under_load(cluster.urls) as load:
             await anyio.sleep(2.0)
             killed_at = time.monotonic()
             await anyio.to_thread.run_sync(cluster[1].kill)
             await anyio.sleep(3.0)
-            load.stop.set()
     after = sorted((r for r in load.records if r[0] >= killed_at and r[2]), key=lambda r: r[1])
     in_flight = [r for r in load.records if r[0] < killed_at < r[1]]
     return {
@@ -123,19 +128,12 @@ async def failover() -> dict[str, Any]:
 
 async def rolling_restart() -> dict[str, Any]:
     with ReferenceCluster(3, extra_args=[*SERVER_ARGS, "--drain-seconds", "1"]) as cluster:
-        load = Load()
-        async with (
-            anytcm.connect(cluster.urls, pool_size=PER_MANAGER * 3) as client,
-            anyio.create_task_group() as tg,
-        ):
-            for _ in range(PER_MANAGER * 3):
-                tg.start_soon(load.worker, client)
+        async with under_load(cluster.urls) as load:
             await anyio.sleep(1.0)
             began = time.monotonic()
             await anyio.to_thread.run_sync(cluster.rolling_restart)
             ended = time.monotonic()
             await anyio.sleep(0.5)
-            load.stop.set()
     return {
         "lost": sum(1 for r in load.records if not r[2]),
         "requests": len(load.records),

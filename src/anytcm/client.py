@@ -265,9 +265,7 @@ class AsyncClient:
                 what=f"inference of {model!r}",
                 label=model,
                 policy=retry,
-                manager=self._pool.affinity.route(
-                    target.vm_ip, target.container_id, target.manager, allow_transient
-                ),
+                manager=self._pool.affinity.route(target, allow_transient),
             )
         finally:
             if staged is not None:
@@ -310,9 +308,7 @@ class AsyncClient:
             ),
         )
         raw = self._stager.encode_checked(payload, model)
-        manager = self._pool.affinity.route(
-            target.vm_ip, target.container_id, target.manager, allow_transient
-        )
+        manager = self._pool.affinity.route(target, allow_transient)
         return InferStream(
             self._pool, self._recorder, raw, model, deadline, seconds, idle_timeout, manager
         )

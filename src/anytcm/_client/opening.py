@@ -9,6 +9,7 @@ import uuid as uuid_module
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+from .._core.managers import distinct_urls
 from .._core.settings import PoolSettings
 from ..backoff import Backoff
 from ..options import ConnectSettings, selection_policy
@@ -20,11 +21,9 @@ from ..transports import TransportFactory, TransportOptions
 def manager_urls(url: str | Sequence[str]) -> tuple[str, ...]:
     """`connect`'s first argument as a tuple of distinct manager URLs."""
     urls = (url,) if isinstance(url, str) else tuple(url)
-    if not urls or not all(isinstance(u, str) and u for u in urls):
+    if not all(isinstance(u, str) and u for u in urls):
         raise ValueError(f"connect() needs a manager URL, or a list of them; got {url!r}")
-    if len(set(urls)) != len(urls):
-        raise ValueError(f"a manager URL is given twice: {list(urls)}")
-    return urls
+    return distinct_urls(urls)
 
 
 def check_pool_size(urls: Sequence[str], pool_size: int) -> None:

@@ -54,9 +54,7 @@ async def run_pipeline(
         seconds=seconds,
         what="pipeline",
         label="pipeline",
-        manager=pool.affinity.route(
-            target.vm_ip, target.container_id, target.manager, transient=False
-        ),
+        manager=pool.affinity.route(target, transient=False),
     )
     results: dict[str, InferResult] = {}
     # A step's reply key is its name, else its model (as the manager keys them).

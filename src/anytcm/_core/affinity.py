@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ..results import Target
 from .managers import Manager, Managers
 
 
@@ -43,17 +44,15 @@ class Affinity:
         known = ", ".join(m.url for m in self._managers.all)
         raise ValueError(f"{url!r} is not one of this client's managers ({known})")
 
-    def route(
-        self, vm_ip: str, container_id: str, named: str | None, transient: bool
-    ) -> Manager | None:
-        """The manager an inference for this target must go to, None for any: the one the
+    def route(self, target: Target, transient: bool) -> Manager | None:
+        """The manager an inference for `target` must go to, None for any: the one the
         target names, else (unless the request allows a transient server, which any manager
         serves) the one that created its server."""
-        if named is not None:
-            return self.manager_named(named)
+        if target.manager is not None:
+            return self.manager_named(target.manager)
         if transient or not self._owners:  # the usual case: no keys built per request
             return None
-        return self.routed(affinity_keys(vm_ip=vm_ip, container_id=container_id))
+        return self.routed(affinity_keys(vm_ip=target.vm_ip, container_id=target.container_id))
 
     def routed(self, keys: Iterable[str]) -> Manager | None:
         """The manager that created the first of these things (`affinity_keys`), if any."""

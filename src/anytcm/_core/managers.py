@@ -149,11 +149,7 @@ class Managers:
     """Every manager of one client, in the order given, and the rules that change their state."""
 
     def __init__(self, urls: Sequence[str], dead_time: DeadTime | None = None) -> None:
-        if not urls:
-            raise ValueError("at least one manager URL is needed")
-        if len(set(urls)) != len(urls):
-            raise ValueError(f"a manager URL is given twice: {list(urls)}")
-        self.all = tuple(Manager(url) for url in urls)
+        self.all = tuple(Manager(url) for url in distinct_urls(urls))
         self.dead_time = dead_time or DeadTime()
         self._start = random.randrange(len(self.all))  # spread clients' first connections
 
@@ -247,6 +243,19 @@ class Managers:
             failure = m.last_failure or "no connection yet"
             parts.append(f"{m.url}: {m.state}, {failure}")
         return "; ".join(parts)
+
+
+def distinct_urls(urls: Sequence[str]) -> tuple[str, ...]:
+    """The managers, in order. One named twice is a mistake (it would get twice the share of
+    the connections), not something to fold silently; none at all is one too."""
+    if not urls:
+        raise ValueError("at least one manager URL is needed")
+    seen: set[str] = set()
+    for url in urls:
+        if url in seen:
+            raise ValueError(f"the manager {url} is given twice; name each manager once")
+        seen.add(url)
+    return tuple(urls)
 
 
 def _placement_key(manager: Manager) -> tuple[int, int]:

@@ -238,7 +238,7 @@ class Pool:
                 return
             conflicted = isinstance(failure, UuidConflict)
             self._last_failure = _without_tracebacks(failure)
-            gate = self._gates.get(manager.url)
+            gate = self.gate_of(manager)
             if gate is not None:
                 gate.forget()
             backoff.failed(self.now())
@@ -274,7 +274,7 @@ class Pool:
         self, uuid: str, backoff: Backoff, slot: int, manager: Manager
     ) -> ConnectionLost | None:
         """One physical connection, from readiness check to its end."""
-        gate = self._gates.get(manager.url)
+        gate = self.gate_of(manager)
         if gate is not None:
             state = await gate.check()
             if not state.ready:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from .. import __version__
+from .._core.managers import distinct_urls
 from ._context import BACKENDS, DEFAULT_TIMEOUT, DEFAULT_URL, SIGNALS, CliContext
 from ._errors import (
     EXIT_CODES_HELP,
@@ -62,17 +63,6 @@ def _ws_urls(text: str) -> list[str]:
     if not urls:
         raise argparse.ArgumentTypeError(f"no URL in {text!r}")
     return urls
-
-
-def _distinct(urls: Sequence[str]) -> tuple[str, ...]:
-    """The managers, in order; one named twice is a mistake (it would get twice the share of
-    the connections), not something to fold silently."""
-    seen: set[str] = set()
-    for url in urls:
-        if url in seen:
-            raise argparse.ArgumentTypeError(f"{url} is given twice; name each manager once")
-        seen.add(url)
-    return tuple(urls)
 
 
 def _positive_float(text: str) -> float:
@@ -349,8 +339,8 @@ def _urls(args: argparse.Namespace) -> tuple[str, ...]:
         except argparse.ArgumentTypeError as exc:
             raise UsageError(f"{source}: {exc}") from None
     try:
-        return _distinct(given)
-    except argparse.ArgumentTypeError as exc:
+        return distinct_urls(given)
+    except ValueError as exc:
         raise UsageError(f"{source}: {exc}") from None
 
 

@@ -198,21 +198,13 @@ def _thread_safe_caller() -> Callable[[Callable[[], object]], object]:
     return asyncio.get_running_loop().call_soon_threadsafe
 
 
-class SignalHandling:
-    """SIGINT and SIGTERM of the `anytcm` process (installed by `cli.run`).
-
-    Outside the event loop a signal raises `Interrupted` at once: nothing holds a resource.
-    While `CliContext.run` runs the loop ("deferred"), the handler never raises: the first
-    signal cancels the command's scope (through the loop's thread-safe callback, so the loop
-    wakes up), later ones are ignored so that the cleanup finishes; `run` then raises
-    `Interrupted`. A signal that was ignored when we started (`nohup`, a `cmd &` job) stays
-    ignored.
-    """
+class InstalledSignals:
+    """SIGINT and SIGTERM routed to `_handle` between `install()` and `uninstall()`, from the
+    main thread (the only one Python lets set handlers). A signal that was ignored when we
+    started (`nohup`, a `cmd &` job) stays ignored."""
 
     def __init__(self) -> None:
         self.received: int | None = None
-        self._deferring = False
-        self._cancel: Callable[[], object] | None = None
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -227,6 +219,26 @@ class SignalHandling:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        raise NotImplementedError
+
+
+class SignalHandling(InstalledSignals):
+    """SIGINT and SIGTERM of the `anytcm` process (installed by `cli.run`).
+
+    Outside the event loop a signal raises `Interrupted` at once: nothing holds a resource.
+    While `CliContext.run` runs the loop ("deferred"), the handler never raises: the first
+    signal cancels the command's scope (through the loop's thread-safe callback, so the loop
+    wakes up), later ones are ignored so that the cleanup finishes; `run` then raises
+    `Interrupted`. A signal that was ignored when we started (`nohup`, a `cmd &` job) stays
+    ignored.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._deferring = False
+        self._cancel: Callable[[], object] | None = None
 
     @contextmanager
     def deferred(self) -> Iterator[None]:

@@ -29,8 +29,9 @@ import threading
 import time
 from collections.abc import Sequence
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
+from ._context import InstalledSignals
 from ._errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, report
 
 if TYPE_CHECKING:
@@ -89,25 +90,13 @@ def _ports(first: int, count: int) -> list[int]:
     return list(range(first, last + 1))
 
 
-class _Signals:
+class _Signals(InstalledSignals):
     """SIGINT/SIGTERM recorded, never raised: this process is only waiting, and everything it
     started must be stopped by the code after the wait, not torn down half-way."""
 
     def __init__(self) -> None:
-        self.received: int | None = None
+        super().__init__()
         self.event = threading.Event()
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            # Ignored when we started (a `cmd &` job): it stays ignored, as for every command.
-            if signal.getsignal(signum) is not signal.SIG_IGN:
-                self._previous[signum] = signal.signal(signum, self._handle)
-
-    def uninstall(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.received is None:  # a second Ctrl-C while stopping: already on our way out
